@@ -344,7 +344,7 @@ def load_checkpoint(
 
     head_keys = [k for k in ("head.weight", "head.bias") if k in state_dict]
     if head_keys and (
-        "head.weight" not in target or state_dict["head.weight"].shape != target["head.weight"].shape
+        "head.weight" not in target or state_dict["head.weight"].shape[0] != target["head.weight"].shape[0]
     ):
         have = state_dict["head.weight"].shape[0]
         want = target["head.weight"].shape[0] if "head.weight" in target else 0

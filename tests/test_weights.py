@@ -1,0 +1,285 @@
+import argparse
+import re
+
+import pytest
+import torch
+
+import convnext.weights as weights
+from convnext import UserError, create_model, load_checkpoint, save_weights
+from convnext.models import ConvNeXt
+from convnext.weights import PretrainedWeights, convert_state_dict, detect_layout, get_pretrained, read_metadata
+
+DEPTHS, DIMS = (1, 1, 2, 1), (8, 16, 24, 32)
+
+
+def small_model(**kw):
+    return ConvNeXt(depths=DEPTHS, dims=DIMS, num_classes=5, **kw).eval()
+
+
+def randomized(model):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+
+def to_torchvision(sd):
+    """Our keys -> torchvision's positional keys (peers.md §2), layer scale as (C, 1, 1)."""
+    out = {}
+    for k, v in sd.items():
+        if m := re.match(r"downsample_layers\.(\d)\.(.*)", k):
+            out[f"features.{2 * int(m[1])}.{m[2]}"] = v
+        elif m := re.match(r"stages\.(\d)\.(\d+)\.(\w+)(.*)", k):
+            part = {"dwconv": "block.0", "norm": "block.2", "pwconv1": "block.3", "pwconv2": "block.5"}.get(m[3])
+            if m[3] == "gamma":
+                out[f"features.{2 * int(m[1]) + 1}.{m[2]}.layer_scale"] = v.view(-1, 1, 1)
+            else:
+                out[f"features.{2 * int(m[1]) + 1}.{m[2]}.{part}{m[4]}"] = v
+        else:
+            out[k.replace("norm.", "classifier.0.").replace("head.", "classifier.2.")] = v
+    return out
+
+
+def to_timm(sd, conv_mlp=False):
+    """Our keys -> timm's (peers.md §1.1); with conv_mlp the pointwise weights are 1x1 convs."""
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^downsample_layers\.0\.", "stem.", k)
+        k = re.sub(r"^downsample_layers\.(\d)\.", r"stages.\1.downsample.", k)
+        k = re.sub(r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2.", k)
+        k = k.replace(".dwconv.", ".conv_dw.").replace(".pwconv", ".mlp.fc")
+        k = re.sub(r"^norm\.", "head.norm.", k)
+        k = re.sub(r"^head\.(weight|bias)", r"head.fc.\1", k)
+        if conv_mlp and ".mlp.fc" in k and k.endswith("weight"):
+            v = v[:, :, None, None]
+        out[k] = v
+    return out
+
+
+def test_hf_transformers_model_converts_exactly(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ConvNextConfig(hidden_sizes=list(DIMS), depths=list(DEPTHS), num_labels=5,
+                                         layer_norm_eps=1e-6)
+    hf = randomized(transformers.ConvNextForImageClassification(config).eval())
+    ours = small_model()
+    load_checkpoint(ours, hf.state_dict())
+    expected = hf(pixel_values=X).logits.detach()
+    assert (logits(ours, X) - expected).abs().max() < 1e-5
+    hf.save_pretrained(tmp_path / "hf")  # a save_pretrained folder loads too
+    again = small_model()
+    load_checkpoint(again, tmp_path / "hf")
+    assert (logits(again, X) - expected).abs().max() < 1e-5
+
+
+def test_torchvision_layout_converts():
+    reference = randomized(small_model())
+    tv_sd = to_torchvision(reference.state_dict())
+    assert detect_layout(tv_sd) == "torchvision"
+    ours = small_model()
+    load_checkpoint(ours, tv_sd)
+    torch.testing.assert_close(logits(ours, X), logits(reference, X), rtol=0, atol=0)
+
+
+def test_real_torchvision_model_if_available():
+    tvm = pytest.importorskip("torchvision.models")
+    tv = randomized(tvm.convnext_tiny(num_classes=5).eval())
+    ours = create_model("convnext_tiny", num_classes=5).eval()
+    load_checkpoint(ours, tv.state_dict())
+    assert (logits(ours, X) - logits(tv, X)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("conv_mlp", [False, True])
+def test_timm_layout_converts(conv_mlp):
+    reference = randomized(small_model())
+    timm_sd = to_timm(reference.state_dict(), conv_mlp)
+    assert detect_layout(timm_sd) == "timm"
+    ours = small_model()
+    load_checkpoint(ours, timm_sd)
+    torch.testing.assert_close(logits(ours, X), logits(reference, X), rtol=0, atol=0)
+
+
+def test_real_timm_model_if_available():
+    timm = pytest.importorskip("timm")
+    ref = randomized(timm.create_model("convnext_tiny", num_classes=5).eval())
+    ours = create_model("convnext_tiny", num_classes=5).eval()
+    load_checkpoint(ours, ref.state_dict())
+    assert (logits(ours, X) - logits(ref, X)).abs().max() < 1e-5
+
+
+def test_official_training_checkpoint_with_wrappers(tmp_path):
+    reference = randomized(small_model())
+    ema = randomized(small_model())
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(1)
+    path = tmp_path / "checkpoint-best.pth"
+    torch.save({"model": {f"module.{k}": v for k, v in reference.state_dict().items()},
+                "model_ema": ema.state_dict(), "epoch": 3, "args": argparse.Namespace(lr=4e-3)}, path)
+    ours = small_model()
+    load_checkpoint(ours, path)
+    torch.testing.assert_close(logits(ours, X), logits(reference, X), rtol=0, atol=0)
+    load_checkpoint(ours, path, key="model_ema")
+    torch.testing.assert_close(logits(ours, X), logits(ema, X), rtol=0, atol=0)
+
+
+def test_safetensors_round_trip_is_exact(tmp_path):
+    reference = randomized(small_model())
+    path = save_weights(reference, tmp_path / "w.safetensors", metadata={"model": "small"})
+    assert read_metadata(path) == {"model": "small"}
+    assert not (tmp_path / "w.safetensors.tmp").exists()
+    ours = small_model()
+    load_checkpoint(ours, path)
+    for k, v in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v)
+
+
+def test_other_num_classes_drops_head_with_warning():
+    reference = randomized(small_model())
+    ours = ConvNeXt(depths=DEPTHS, dims=DIMS, num_classes=3)
+    head_before = ours.head.weight.clone()
+    with pytest.warns(UserWarning, match="5 classes, model has 3"):
+        load_checkpoint(ours, reference.state_dict())
+    assert torch.equal(ours.head.weight, head_before)
+    assert torch.equal(ours.stages[2][1].pwconv1.weight, reference.stages[2][1].pwconv1.weight)
+
+
+def test_in_chans_adapts_the_stem():
+    reference = randomized(small_model())
+    gray = ConvNeXt(depths=DEPTHS, dims=DIMS, num_classes=5, in_chans=1).eval()
+    load_checkpoint(gray, reference.state_dict())
+    x = torch.randn(1, 1, 64, 64)
+    torch.testing.assert_close(logits(gray, x), logits(reference, x.expand(1, 3, 64, 64)), atol=1e-5, rtol=1e-4)
+    four = ConvNeXt(depths=DEPTHS, dims=DIMS, num_classes=5, in_chans=4)
+    load_checkpoint(four, reference.state_dict())
+    assert four.downsample_layers[0][0].weight.shape[1] == 4
+
+
+def test_mismatch_is_one_readable_error():
+    reference = small_model()
+    other = ConvNeXt(depths=(1, 1, 3, 1), dims=DIMS, num_classes=5)
+    with pytest.raises(UserError, match=r"unexpected keys: stages\.2\.2\.") as err:
+        load_checkpoint(reference, other.state_dict())
+    assert "convnext" not in str(err.value).lower() or "does not fit" in str(err.value)
+    wider = ConvNeXt(depths=DEPTHS, dims=(8, 16, 24, 40), num_classes=5)
+    with pytest.raises(UserError, match="wrong shape keys"):
+        load_checkpoint(reference, wider.state_dict())
+    no_gamma = small_model(layer_scale_init_value=0)
+    with pytest.raises(UserError, match="missing keys: .*gamma"):
+        load_checkpoint(reference, no_gamma.state_dict())
+    report = load_checkpoint(reference, no_gamma.state_dict(), strict=False)
+    assert report.missing and not report.unexpected
+
+
+def test_features_only_backbone_loads_classifier_checkpoint():
+    reference = randomized(small_model())
+    backbone = ConvNeXt(depths=DEPTHS, dims=DIMS, features_only=True)
+    load_checkpoint(backbone, reference.state_dict())
+    assert torch.equal(backbone.stages[3][0].dwconv.weight, reference.stages[3][0].dwconv.weight)
+    assert backbone.norm0.weight.eq(1).all()
+
+
+def test_bad_files_are_readable_errors(tmp_path):
+    model = small_model()
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_checkpoint(model, tmp_path / "nope.pth")
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(model, corrupt)
+    bad_st = tmp_path / "bad.safetensors"
+    bad_st.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_checkpoint(model, bad_st)
+    with pytest.raises(UserError, match="unrecognised checkpoint layout"):
+        load_checkpoint(model, {"foo.weight": torch.zeros(1)})
+    with pytest.raises(UserError, match="no tensors"):
+        load_checkpoint(model, {"epoch": 3})
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickles_with_code_are_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"model": small_model().state_dict(), "x": Evil()}, path)
+    with pytest.raises(UserError, match="weights_only"):
+        load_checkpoint(small_model(), path)
+
+
+def test_registry_tags():
+    entry = get_pretrained("convnext_base", "in22k_ft_in1k_384")
+    assert (entry.res, entry.top1, entry.data_config["crop_pct"]) == (384, 86.8, 1.0)
+    assert entry.url == "https://dl.fbaipublicfiles.com/convnext/convnext_base_22k_1k_384.pth"
+    assert get_pretrained("convnext_tiny").tag == "in1k" and get_pretrained("convnext_tiny").top1 == 82.1
+    assert get_pretrained("convnext_large", "in22k").num_classes == 21841
+    with pytest.raises(UserError, match="available"):
+        get_pretrained("convnext_tiny", "in5k")
+    with pytest.raises(UserError, match="no released weights"):
+        get_pretrained("convnext_atto")
+
+
+@pytest.fixture
+def fake_registry(monkeypatch, tmp_path):
+    """A released-weights entry for convnext_atto, with torch.hub and HF caches in tmp_path, offline."""
+    entry = PretrainedWeights("convnext_atto", "test", "atto_test.pth", 50.0, "someone/convnext-atto")
+    monkeypatch.setattr(weights, "PRETRAINED", [entry])
+    torch_hub = tmp_path / "torch_hub"
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(torch_hub))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(3)
+    reference = randomized(create_model("convnext_atto").eval())
+    return entry, reference, torch_hub, tmp_path / "hf_cache"
+
+
+def test_pretrained_offline_error_says_what_to_download(fake_registry):
+    entry, _, torch_hub, _ = fake_registry
+    with pytest.raises(UserError) as err:
+        create_model("convnext_atto", pretrained=True)
+    message = str(err.value)
+    assert entry.url in message and str(torch_hub / "checkpoints" / "atto_test.pth") in message
+    assert "hf download someone/convnext-atto" in message
+
+
+def test_pretrained_loads_from_torch_hub_cache(fake_registry):
+    _, reference, torch_hub, _ = fake_registry
+    (torch_hub / "checkpoints").mkdir(parents=True)
+    torch.save({"model": reference.state_dict()}, torch_hub / "checkpoints" / "atto_test.pth")
+    model = create_model("convnext_atto.test").eval()
+    torch.testing.assert_close(logits(model, X), logits(reference, X), rtol=0, atol=0)
+    assert model.pretrained_cfg["tag"] == "test" and model.pretrained_cfg["crop_pct"] == 0.875
+    fresh_head = create_model("convnext_atto", pretrained="test", num_classes=10)
+    assert fresh_head.head.out_features == 10
+
+
+def test_pretrained_loads_from_hugging_face_cache(fake_registry):
+    _, reference, _, hf_cache = fake_registry
+    transformers = pytest.importorskip("transformers")
+    repo = hf_cache / "models--someone--convnext-atto"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    snapshot = repo / "snapshots" / "abc123"
+    config = transformers.ConvNextConfig(hidden_sizes=[40, 80, 160, 320], depths=[2, 2, 6, 2], num_labels=1000)
+    hf = randomized(transformers.ConvNextForImageClassification(config).eval())
+    hf.save_pretrained(snapshot)
+    model = create_model("convnext_atto", pretrained=True).eval()
+    expected = hf(pixel_values=X).logits.detach()
+    assert (logits(model, X) - expected).abs().max() < 1e-3  # HF's final LN eps is 1e-12, ours 1e-6
+
+
+def test_convert_state_dict_keeps_official_keys():
+    sd = small_model().state_dict()
+    assert list(convert_state_dict(sd)) == list(sd)
