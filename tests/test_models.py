@@ -205,3 +205,50 @@ def test_unknown_model_and_bad_option():
         create_model("convnext_tinyy")
     with pytest.raises(UserError, match="invalid option"):
         create_model("convnext_atto", no_such_option=1)
+
+
+
+def official_block(block, x):
+    """The official block written out with plain ops: permute, LayerNorm, Linear, GELU, Linear, scale."""
+    F = torch.nn.functional
+    y = F.conv2d(x, block.dwconv.weight, block.dwconv.bias, padding=3, groups=x.shape[1]).permute(0, 2, 3, 1)
+    y = F.layer_norm(y, block.norm.normalized_shape, block.norm.weight, block.norm.bias, block.norm.eps)
+    y = block.pwconv2(F.gelu(block.pwconv1(y)))
+    return x + (block.gamma * y).permute(0, 3, 1, 2)
+
+
+def test_block_cpu_kernels_match_the_official_formula_forward_and_backward():
+    """Inference (oneDNN GELU post-op) and training (our conv backward) against plain autograd ops."""
+    torch.manual_seed(0)
+    block = Block(16, layer_scale_init_value=0.5)
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.normal_(0, 0.2)
+        block.pwconv1.bias.normal_(0, 0.2)
+    x = torch.randn(4, 16, 9, 9).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert (block(x) - official_block(block, x)).abs().max() < 1e-5
+    grads = []
+    for forward in (block, lambda t: official_block(block, t)):
+        xi = x.clone().requires_grad_()
+        block.zero_grad()
+        forward(xi).square().sum().backward()
+        grads.append([xi.grad] + [p.grad.clone() for p in block.parameters()])
+    for ours, reference in zip(*grads, strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_macs_of_a_real_model_under_no_grad_match_the_meta_count():
+    """FLOP counters see plain ops, never the hand-picked oneDNN kernels they cannot count."""
+    model = create_model("convnext_atto").eval()
+    with torch.no_grad():
+        assert count_macs_and_activations(model, 64) == count_macs_and_activations(meta("convnext_atto"), 64)
+
+
+def test_torch_compile_traces_the_whole_model_in_one_graph():
+    """The hand-picked CPU kernels step aside under torch.compile: no graph breaks, training or inference."""
+    model = create_model("convnext_atto")
+    x = torch.randn(2, 3, 64, 64)
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    with torch.no_grad():
+        assert torch._dynamo.explain(model.eval())(x).graph_break_count == 0

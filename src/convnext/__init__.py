@@ -1,24 +1,42 @@
 """ConvNeXt ("A ConvNet for the 2020s", Liu et al., CVPR 2022) for PyTorch."""
 
+from .allocator import keep_freed_memory
 from .complexity import count_params, model_info
 from .errors import UserError
+from .evaluation import evaluate, evaluate_checkpoint
+from .fuse import fuse
 from .models import Block, ConvNeXt, ConvNeXtIsotropic, LayerNorm2d, build_model, create_model, list_models
+from .recipes import RECIPES, TrainConfig, resolve_config
+from .roadmap import STEPS as ROADMAP_STEPS  # importing roadmap registers the roadmap_* models
+from .roadmap import RoadmapConfig, RoadmapNet
+from .training import train
 from .weights import PRETRAINED, list_pretrained, load_checkpoint, save_weights
 
 __all__ = [
     "PRETRAINED",
+    "RECIPES",
+    "ROADMAP_STEPS",
     "Block",
     "ConvNeXt",
     "ConvNeXtIsotropic",
     "LayerNorm2d",
+    "RoadmapConfig",
+    "RoadmapNet",
+    "TrainConfig",
     "UserError",
     "build_model",
     "count_params",
     "create_model",
+    "evaluate",
+    "evaluate_checkpoint",
+    "fuse",
+    "keep_freed_memory",
     "list_models",
     "list_pretrained",
     "load_checkpoint",
     "model_info",
+    "resolve_config",
     "save_weights",
+    "train",
 ]
 __version__ = "0.1.0"

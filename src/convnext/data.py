@@ -1,13 +1,17 @@
-"""Images in, tensors out: decoding any image file and the paper's evaluation preprocessing."""
+"""Images in, tensors out: decoding any image file, the paper's evaluation preprocessing, and the training
+data (image folders, the built-in digits, per-image random crops in DataLoader workers)."""
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from .errors import UserError
 
@@ -67,3 +71,199 @@ def eval_transform(config: dict) -> Callable[[Image.Image], torch.Tensor]:
         return (to_tensor(img) - mean) / std
 
     return transform
+
+
+# --- training data: image folders, the built-in digits, per-image random crops in DataLoader workers ---
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+class ImageFolder:
+    """Images in one sub-folder per class; sorted folder names give labels 0..K-1 (the ImageNet layout).
+
+    A missing folder, no class folders, or a class folder without images is one error, raised here,
+    before any work starts. ``classes`` pins the label order (a validation set uses the training one).
+    """
+
+    def __init__(self, root: str | os.PathLike, classes: list[str] | None = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"data folder not found: {root}")
+        found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not found:
+            raise UserError(f"{root} has no class sub-folders: expected one folder of images per class")
+        if classes is not None and found != classes:
+            extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
+            raise UserError(f"classes of {root} differ from the training classes: "
+                            f"extra {extra[:5]}, missing {missing[:5]}")
+        self.root, self.classes = root, found
+        self.samples: list[tuple[str, int]] = []
+        for label, name in enumerate(found):
+            files = sorted(str(p) for p in (root / name).rglob("*")
+                           if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not files:
+                raise UserError(f"class folder {root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+            self.samples += [(f, label) for f in files]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        path, label = self.samples[index]
+        return load_image(path), label
+
+    def describe(self, index: int) -> str:
+        return self.samples[index][0]
+
+
+def image_folders(data: str | os.PathLike, val_data: str | os.PathLike | None = None
+                  ) -> tuple[ImageFolder, ImageFolder | None]:
+    """The training and validation sets of a data folder: ``DIR/train`` and ``DIR/val`` when present,
+    else ``DIR`` itself for training; ``val_data`` names the validation folder explicitly."""
+    root = Path(data)
+    if not root.is_dir():
+        raise UserError(f"data folder not found: {root}")
+    split = (root / "train").is_dir()
+    train = ImageFolder(root / "train" if split else root)
+    if val_data is None and split and (root / "val").is_dir():
+        val_data = root / "val"
+    val = ImageFolder(val_data, classes=train.classes) if val_data is not None else None
+    return train, val
+
+
+DIGITS_FILE = Path(__file__).parent / "data" / "digits.npz"
+
+
+class Digits:
+    """The built-in data set: 1,797 real 8x8 handwritten-digit scans (UCI, CC BY 4.0; see DIGITS_SOURCE.md),
+    split 80/20 per class with a fixed seed, so every run holds out the same 359 images."""
+
+    classes = [str(d) for d in range(10)]
+
+    def __init__(self, split: str = "train"):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        with np.load(DIGITS_FILE) as arrays:
+            images, labels = arrays["images"], arrays["labels"]
+        self.indices = digits_split(labels)[0 if split == "train" else 1]
+        # 0..16 "on" counts -> 0..255 grey levels
+        self.images = (images[self.indices].astype(np.float32) * (255 / 16)).round().astype(np.uint8)
+        self.labels = labels[self.indices].astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        return Image.fromarray(self.images[index]).convert("RGB"), int(self.labels[index])
+
+    def describe(self, index: int) -> str:
+        return f"digits[{self.indices[index]}]"
+
+
+def digits_split(labels: np.ndarray, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed stratified split: per class, a seeded shuffle, the first 80% for training."""
+    rng = np.random.default_rng(0)
+    train, val = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        cut = round(len(idx) * train_fraction)
+        train.append(idx[:cut])
+        val.append(idx[cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float], ratio: tuple[float, float],
+                        rng: np.random.Generator, resample: int = Image.Resampling.BICUBIC) -> Image.Image:
+    """A random box of ``scale`` x the image area and aspect ratio in ``ratio`` (log-uniform), resized to
+    ``size`` x ``size``; after 10 misses, the centre box with the ratio clamped into range."""
+    width, height = img.size
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+            return img.resize((size, size), resample, box=(left, top, left + w, top + h))
+    aspect = min(max(width / height, ratio[0]), ratio[1])
+    w, h = (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
+    w, h = min(w, width), min(h, height)
+    left, top = (width - w) // 2, (height - h) // 2
+    return img.resize((size, size), resample, box=(left, top, left + w, top + h))
+
+
+class TrainImages(Dataset):
+    """Decode, random-resized-crop and flip one image, in a DataLoader worker; returns uint8 CHW.
+
+    Items are ``(index, epoch)`` (from ``EpochSampler``) and each image's randomness is seeded by
+    ``(seed, epoch, index)``: the result does not depend on the worker or the rank that makes it, which is
+    what lets a resumed or distributed run see exactly the images an uninterrupted single run sees.
+    An unreadable image is replaced by the next readable one and its index is returned (else -1).
+    """
+
+    def __init__(self, source, size: int, *, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
+                 interpolation: str = "bicubic", seed: int = 0):
+        self.source, self.size, self.scale, self.ratio = source, size, tuple(scale), tuple(ratio)
+        self.hflip, self.resample, self.seed = hflip, _RESAMPLE[interpolation], seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        index, epoch = item
+        rng = np.random.default_rng([self.seed, epoch, index])
+        bad = -1
+        for step in range(len(self.source)):
+            try:
+                img, label = self.source.load((index + step) % len(self.source))
+                break
+            except UserError:
+                bad = index if bad < 0 else bad
+        else:
+            raise UserError("no image of the training set could be read")
+        img = random_resized_crop(img, self.size, self.scale, self.ratio, rng, self.resample)
+        if rng.random() < self.hflip:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1), label, bad
+
+
+class EvalImages(Dataset):
+    """The evaluation preprocessing of ``config`` applied in workers; an unreadable image comes back as
+    label -1 (left out of every metric) with its index, never as a crash."""
+
+    def __init__(self, source, config: dict):
+        self.source, self.config, self.transform = source, config, eval_transform(config)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        try:
+            img, label = self.source.load(index)
+        except UserError:
+            return torch.zeros(self.config["input_size"]), -1, index
+        return self.transform(img), label, -1
+
+
+class EpochSampler(Sampler):
+    """``DistributedSampler``'s order (a per-epoch shuffle seeded by ``seed + epoch``, this rank's share)
+    yielding ``(index, epoch)``, and resumable from a position inside the epoch."""
+
+    def __init__(self, dataset: Dataset, *, world_size: int = 1, rank: int = 0, seed: int = 0):
+        self.order = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                        drop_last=True)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Shuffle for ``epoch`` and skip its first ``start`` samples (already trained on before a resume)."""
+        self.order.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        return len(self.order) - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.order):
+            if position >= self.start:
+                yield index, self.epoch

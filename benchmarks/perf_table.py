@@ -1,0 +1,122 @@
+"""The README's performance table: ConvNeXt-T against its peers, each setting in a fresh process.
+
+Every setting runs `convnext.benchmark.run_benchmark` in its own Python process, so that process-wide
+switches (threads, the glibc allocator setting) apply to all implementations of that setting alike and to
+nothing else. Peers: Hugging Face transformers, timm and torchvision where they import, and
+`official_layout` (the official repository's permute + Linear block). Writes a markdown table and the raw
+JSON reports, with the machine, library versions and date they were measured on.
+
+    .venv/bin/python benchmarks/perf_table.py --rounds 10                  # CPU: fp32 and bf16
+    .venv/bin/python benchmarks/perf_table.py --rounds 10 --allocator both  # also without glibc tuning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+CPU_SETTINGS = {
+    "inference fp32": dict(batches=[1, 32], train=False, dtype="fp32"),
+    "training fp32": dict(batches=[16], train=True, dtype="fp32"),
+    "inference bf16": dict(batches=[32], train=False, dtype="bf16"),
+    "training bf16": dict(batches=[16], train=True, dtype="bf16"),
+}
+# The issue's GPU protocol: bf16, channels_last and torch.compile for every implementation.
+CUDA_SETTINGS = {
+    "inference bf16 compiled": dict(batches=[256], train=False, dtype="bf16", channels_last=True,
+                                    compile_mode="default", device="cuda"),
+    "training bf16 compiled": dict(batches=[128], train=True, dtype="bf16", channels_last=True,
+                                   compile_mode="default", device="cuda"),
+    "inference fp32 (TF32 convs)": dict(batches=[256], train=False, dtype="fp32", channels_last=True,
+                                        device="cuda"),
+}
+PAPER_A100_TINY = 1943.5  # img/s, Table 12: ConvNeXt-T, TF32, channels_last, PyTorch 1.10
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one setting and print its report as JSON (in a fresh process)."""
+    sys.path.insert(0, str(HERE))
+    from official_layout import official_layout
+
+    from convnext.allocator import keep_freed_memory
+    from convnext.benchmark import run_benchmark
+
+    spec = json.loads(args.child)
+    torch.set_num_threads(spec.pop("threads"))
+    kept = keep_freed_memory() if spec.pop("keep_freed_memory") else False
+    report = run_benchmark([spec.pop("model")], **spec, extra_peers={"official": official_layout})
+    report["settings"]["keep_freed_memory"] = kept
+    print(json.dumps(report))
+
+
+def run_setting(spec: dict) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"setting {spec} failed:\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def markdown(reports: list[tuple[str, dict]]) -> str:
+    machine = reports[0][1]["machine"]
+    where = machine["gpu"] or f"{machine['cpu']} ({machine['cpu_isa']}), {machine['threads']} threads"
+    versions = ", ".join(f"{k} {machine[k]}" for k in ("torch", "transformers", "timm", "torchvision") if k in machine)
+    lines = [f"Measured {machine['date']} on {where}; Python {machine['python']}, {versions}.",
+             f"{reports[0][1]['settings']['rounds']} timed rounds per implementation, interleaved; images/s as "
+             "median [min - max]; ratios are medians of per-round ratios.", "",
+             "| setting | glibc keeps freed memory | batch | implementation | images/s | TFLOP/s | peak MB | "
+             "ours / peer |", "|---|---|---|---|---|---|---|---|"]
+    for title, report in reports:
+        for row in report["results"]:
+            speed, ratio = row["img_s"], row.get("ratio", {})
+            ratios = ", ".join(f"{peer} {r['median']:.2f}x [{r['min']:.2f} - {r['max']:.2f}]"
+                               for peer, r in ratio.items())
+            lines.append(f"| {title} | {'yes' if report['settings']['keep_freed_memory'] else 'no'} | {row['batch']} "
+                         f"| {row['impl']} | {speed['median']:.2f} [{speed['min']:.2f} - {speed['max']:.2f}] | "
+                         f"{row['tflops']:.3f} | {row['peak_mem_mb']:.0f} | {ratios} |")
+    if machine["gpu"]:
+        lines.append(f"\nPaper (Table 12, A100, TF32): ConvNeXt-T {PAPER_A100_TINY} images/s.")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="convnext_tiny")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--allocator", choices=["keep", "default", "both"], default="keep",
+                        help="glibc keeps freed memory (keep), the default allocator, or both, one after the other")
+    parser.add_argument("--settings", help="comma-separated subset of the settings' names")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "performance")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args)
+    settings = CUDA_SETTINGS if torch.cuda.is_available() else CPU_SETTINGS
+    if args.settings:
+        settings = {name: settings[name] for name in args.settings.split(",")}
+    allocators = {"keep": [True], "default": [False], "both": [False, True]}[args.allocator]
+    reports = []
+    for title, setting in settings.items():
+        for keep in allocators:
+            spec = dict(setting, model=args.model, rounds=args.rounds, warmup=args.warmup, threads=args.threads,
+                        keep_freed_memory=keep)
+            print(f"{title}, keep freed memory: {keep} ...", file=sys.stderr, flush=True)
+            reports.append((title, run_setting(spec)))
+            rows = markdown(reports[-1:]).splitlines()[-len(reports[-1][1]["results"]):]
+            print("\n".join(rows), file=sys.stderr, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table = markdown(reports)
+    args.out.with_suffix(".md").write_text(table + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps([dict(setting=t, **r) for t, r in reports], indent=2))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+import pytest
+
+from convnext.errors import UserError
+from convnext.recipes import RECIPES, config_dict, config_from_dict, resolve_config
+
+
+def test_in1k_is_the_papers_table_5():
+    c = resolve_config("in1k")
+    assert (c.lr, c.lr_batch, c.weight_decay, c.epochs, c.warmup_epochs, c.min_lr) == (4e-3, 4096, 0.05, 300, 20, 1e-6)
+    assert (c.randaug_n, c.randaug_m, c.randaug_mstd, c.reprob, c.smoothing) == (2, 9.0, 0.5, 0.25, 0.1)
+    assert (c.mixup, c.cutmix, c.mixup_switch_prob, c.ema, c.ema_decay) == (0.8, 1.0, 0.5, True, 0.9999)
+    assert (c.crop_scale, c.hflip, c.interpolation, c.layer_decay, c.clip_grad) == ((0.08, 1.0), 0.5, "bicubic",
+                                                                                    1.0, None)
+    assert c.drop_path == 0.1 and c.crop_pct == 0.875 and c.output == "runs/in1k-convnext_tiny"
+    assert resolve_config("in1k", model="convnext_base").drop_path == 0.5
+
+
+def test_in22k_and_finetune_recipes():
+    c = resolve_config("in22k", model="convnext_xlarge")
+    assert (c.epochs, c.warmup_epochs, c.ema, c.drop_path) == (90, 5, False, 0.2)
+    f = resolve_config("finetune", model="convnext_large", res=384)
+    assert (f.lr, f.epochs, f.weight_decay, f.mixup, f.cutmix) == (5e-5, 30, 1e-8, 0.0, 0.0)
+    assert (f.head_init_scale, f.layer_decay, f.drop_path, f.crop_pct) == (0.001, 0.8, 0.3, 1.0)
+    assert set(RECIPES) == {"in1k", "in22k", "finetune", "demo"}
+
+
+def test_settings_are_parsed_and_flags_win():
+    c = resolve_config("in1k", ["layer_decay=0.7", "ema=false", "crop-scale=[0.5, 1]", "model_args={\"dims\": [8]}",
+                                "clip_grad=1", "epochs=5"], epochs=7, lr=None)
+    assert (c.layer_decay, c.ema, c.crop_scale, c.model_args, c.clip_grad) == (0.7, False, (0.5, 1), {"dims": [8]}, 1)
+    assert c.epochs == 7 and c.lr == 4e-3
+    assert config_from_dict(config_dict(c)) == c
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["layer_decy=0.7"], "did you mean layer_decay"),
+    (["epochs"], "expected key=value"),
+    (["epochs=many"], "expected a int"),
+    (["layer_decay=1.5"], "layer_decay must be"),
+])
+def test_bad_settings_are_one_clear_error(settings, message):
+    with pytest.raises(UserError, match=message):
+        resolve_config("in1k", settings)
+
+
+def test_unknown_recipe():
+    with pytest.raises(UserError, match="choose from in1k"):
+        resolve_config("imagenet")
