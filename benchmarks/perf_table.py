@@ -16,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -26,6 +27,11 @@ CPU_SETTINGS = {
     "training fp32": dict(batches=[16], train=True, dtype="fp32"),
     "inference bf16": dict(batches=[32], train=False, dtype="bf16"),
     "training bf16": dict(batches=[16], train=True, dtype="bf16"),
+    # One thread, timed by the CPU time it used: what a shared machine's other load cannot inflate.
+    "inference fp32 / 1 thread / CPU time": dict(batches=[1, 32], train=False, dtype="fp32", threads=1,
+                                               clock="thread_time"),
+    "training fp32 / 1 thread / CPU time": dict(batches=[16], train=True, dtype="fp32", threads=1,
+                                              clock="thread_time"),
 }
 # The GPU protocol: bf16, channels_last and torch.compile for every implementation.
 CUDA_SETTINGS = {
@@ -50,7 +56,8 @@ def child(args: argparse.Namespace) -> None:
     spec = json.loads(args.child)
     torch.set_num_threads(spec.pop("threads"))
     kept = keep_freed_memory() if spec.pop("keep_freed_memory") else False
-    report = run_benchmark([spec.pop("model")], **spec, extra_peers={"official": official_layout})
+    clock = getattr(time, spec.pop("clock", "perf_counter"))
+    report = run_benchmark([spec.pop("model")], **spec, extra_peers={"official": official_layout}, clock=clock)
     report["settings"]["keep_freed_memory"] = kept
     print(json.dumps(report))
 
@@ -64,7 +71,8 @@ def run_setting(spec: dict) -> dict:
 
 def markdown(reports: list[tuple[str, dict]]) -> str:
     machine = reports[0][1]["machine"]
-    where = machine["gpu"] or f"{machine['cpu']} ({machine['cpu_isa']}), {machine['threads']} threads"
+    where = machine["gpu"] or (f"{machine['cpu']} ({machine['cpu_isa']}, {machine['cpu_cores']} cores), "
+                               f"{machine['threads']} threads unless the setting says otherwise")
     versions = ", ".join(f"{k} {machine[k]}" for k in ("torch", "transformers", "timm", "torchvision") if k in machine)
     lines = [f"Measured {machine['date']} on {where}; Python {machine['python']}, {versions}.",
              f"{reports[0][1]['settings']['rounds']} timed rounds per implementation, interleaved; images/s as "
@@ -100,13 +108,16 @@ def main() -> None:
         return child(args)
     settings = CUDA_SETTINGS if torch.cuda.is_available() else CPU_SETTINGS
     if args.settings:
+        unknown = set(args.settings.split(",")) - set(settings)
+        if unknown:
+            raise SystemExit(f"unknown setting(s) {sorted(unknown)}; choose from {list(settings)}")
         settings = {name: settings[name] for name in args.settings.split(",")}
     allocators = {"keep": [True], "default": [False], "both": [False, True]}[args.allocator]
     reports = []
     for title, setting in settings.items():
         for keep in allocators:
-            spec = dict(setting, model=args.model, rounds=args.rounds, warmup=args.warmup, threads=args.threads,
-                        keep_freed_memory=keep)
+            spec = dict(dict(threads=args.threads) | setting, model=args.model, rounds=args.rounds,
+                        warmup=args.warmup, keep_freed_memory=keep)
             print(f"{title}, keep freed memory: {keep} ...", file=sys.stderr, flush=True)
             reports.append((title, run_setting(spec)))
             rows = markdown(reports[-1:]).splitlines()[-len(reports[-1][1]["results"]):]

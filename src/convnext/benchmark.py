@@ -145,12 +145,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(step: Callable[[], None], iters: int, device: torch.device) -> float:
-    start = time.perf_counter()
+def _time(step: Callable[[], None], iters: int, device: torch.device, clock: Callable[[], float]) -> float:
+    start = clock()
     for _ in range(iters):
         step()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 @contextlib.contextmanager
@@ -232,6 +232,7 @@ def run_benchmark(
     device: str | torch.device = "cpu",
     extra_peers: dict[str, Callable[[str], nn.Module | str]] | None = None,
     progress: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict:
     """Measure our models and their peers; returns the report that `format_report` prints.
 
@@ -239,7 +240,9 @@ def run_benchmark(
     TFLOP/s (training counts backward as twice the forward), peak step memory (MB), parameters and GMACs
     per image, and for our rows the ratio to each peer (median, min, max of per-round ratios).
     ``channels_last`` converts every model and input (ours runs channels_last regardless). At least one
-    warm-up step runs whatever ``warmup`` says: its time sets how many steps make a round.
+    warm-up step runs whatever ``warmup`` says: its time sets how many steps make a round. ``clock``
+    ``time.thread_time`` with one CPU thread counts only the CPU time the step used, which other processes
+    on a shared machine cannot inflate (wall-clock time otherwise).
     """
     if res < 32:
         raise UserError(f"--res must be at least 32 (ConvNeXt downsamples 32x), got {res}")
@@ -256,7 +259,8 @@ def run_benchmark(
     say = progress or (lambda message: None)
     report = dict(machine=machine_info(device), settings=dict(
         res=res, dtype=dtype, mode="train" if train else "inference", channels_last=channels_last,
-        compile=compile_mode, rounds=rounds, warmup=warmup, batches=list(batches)), results=[], skipped={})
+        compile=compile_mode, rounds=rounds, warmup=warmup, batches=list(batches), clock=clock.__name__),
+        results=[], skipped={})
     for name in models:
         info = model_info(_meta(name), res)
         flops_per_image = 2 * info["gmacs"] * 1e9 * (3 if train else 1)
@@ -271,7 +275,7 @@ def run_benchmark(
             for impl, step in steps.items():
                 say(f"{name} batch {batch}: warming up {impl}")
                 try:
-                    seconds = min(_time(step, 1, device) for _ in range(max(warmup, 1)))
+                    seconds = min(_time(step, 1, device, clock) for _ in range(max(warmup, 1)))
                 except torch.OutOfMemoryError:
                     raise UserError(f"{impl} {name} at batch {batch} runs out of memory; try a smaller "
                                     "--batch") from None
@@ -283,7 +287,7 @@ def run_benchmark(
             for r in range(rounds):
                 say(f"{name} batch {batch}: round {r + 1}/{rounds}")
                 for impl, step in steps.items():
-                    speeds[impl].append(batch * iters[impl] / _time(step, iters[impl], device))
+                    speeds[impl].append(batch * iters[impl] / _time(step, iters[impl], device, clock))
             for impl, step in steps.items():
                 median = statistics.median(speeds[impl])
                 row = dict(model=name, batch=batch, impl=impl, img_s=_spread(speeds[impl]),
@@ -320,7 +324,8 @@ def format_report(report: dict) -> str:
 
 
 def _where(machine: dict) -> str:
-    return machine["gpu"] or f"{machine['cpu']} ({machine['threads']} threads)"
+    threads = machine["threads"]
+    return machine["gpu"] or f"{machine['cpu']} ({threads} thread{'s' * (threads != 1)})"
 
 
 def plot_throughput(report: dict, path: str | os.PathLike) -> None:
