@@ -64,8 +64,9 @@ class FusedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w1, w2 = self.pwconv1.weight, self.pwconv2.weight
-        if onednn_inference(x, w1, w2, self.dwconv.weight):
-            w1, w2 = self._packed_weights(x)
+        if not torch.jit.is_scripting():  # TorchScript runs the plain weights
+            if onednn_inference(x, w1, w2, self.dwconv.weight):
+                w1, w2 = self._packed_weights(x)
         y = conv1x1(self.norm(self.dwconv(x)), w1, self.pwconv1.bias, gelu=True)
         return conv1x1(y, w2, self.pwconv2.bias).add_(x)  # in place: no buffer beyond the conv's output
 

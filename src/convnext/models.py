@@ -7,8 +7,6 @@ permute + matmul, which is what makes this implementation fast on CPUs. CPU infe
 inside its pointwise convolution (a oneDNN post-op); `convnext.fuse` goes further for deployment.
 """
 
-from __future__ import annotations
-
 import fnmatch
 import os
 from collections.abc import Callable, Sequence
@@ -85,9 +83,10 @@ class _Conv2dFastBackward(torch.autograd.Function):
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int = 0,
            groups: int = 1) -> torch.Tensor:
     """``F.conv2d`` for 1x1 and depthwise "same" convs, with `_Conv2dFastBackward` when training on a CPU."""
-    same = weight.shape[-1] == weight.shape[-2] == 2 * padding + 1
-    if same and bias is not None and _needs_grad(weight, bias) and _onednn_by_hand(x):
-        return _Conv2dFastBackward.apply(x, weight, bias, padding, groups)
+    if not torch.jit.is_scripting():  # TorchScript gets the plain op
+        same = weight.shape[-1] == weight.shape[-2] == 2 * padding + 1
+        if same and bias is not None and _needs_grad(weight, bias) and _onednn_by_hand(x):
+            return _Conv2dFastBackward.apply(x, weight, bias, padding, groups)
     return F.conv2d(x, weight, bias, padding=padding, groups=groups)
 
 
@@ -95,7 +94,7 @@ def _as_1x1(weight: torch.Tensor) -> torch.Tensor:
     return weight if weight.ndim == 4 else weight.view(weight.shape[0], weight.shape[1], 1, 1)
 
 
-def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, gelu: bool = False) -> torch.Tensor:
+def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gelu: bool = False) -> torch.Tensor:
     """A 1x1 convolution (``weight`` of a Linear or of a 1x1 conv), optionally followed by exact GELU.
 
     CPU inference calls oneDNN directly, the GELU a post-op of the same kernel: PyTorch would route a
@@ -103,9 +102,10 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     There ``weight`` may also be a oneDNN-packed weight (see `convnext.fuse`).
     """
     weight = _as_1x1(weight)
-    if onednn_inference(x, weight, bias):
-        post_op = ("gelu", [None], "none") if gelu else ("none", [], None)
-        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, *post_op)
+    if not torch.jit.is_scripting():  # TorchScript gets the plain ops
+        if onednn_inference(x, weight, bias):
+            post_op = ("gelu", [None], "none") if gelu else ("none", [], None)
+            return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, *post_op)
     y = conv2d(x, weight, bias)
     return F.gelu(y) if gelu else y
 
@@ -132,9 +132,10 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def __init__(self, dim: int, kernel_size: int):
         super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.same_padding = kernel_size // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv2d(x, self.weight, self.bias, self.padding[0], self.groups)
+        return conv2d(x, self.weight, self.bias, self.same_padding, self.groups)
 
 
 class DropPath(nn.Module):
@@ -148,7 +149,7 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        mask = x.new_empty([x.shape[0]] + [1] * (x.ndim - 1)).bernoulli_(keep)
         return x * mask.div_(keep)
 
     def extra_repr(self) -> str:
@@ -180,7 +181,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = conv1x1(self.norm(self.dwconv(x)), self.pwconv1.weight, self.pwconv1.bias, gelu=True)
-        y = pointwise(y, self.pwconv2)
+        y = conv1x1(y, self.pwconv2.weight, self.pwconv2.bias)
         if self.gamma is not None:
             gamma = self.gamma.view(1, -1, 1, 1)
             if not (self.training and self.drop_path.p > 0):
@@ -218,18 +219,24 @@ class _Classifier(nn.Module):
             self.head.bias.data.mul_(head_init_scale)
 
     def _check_input(self, x: torch.Tensor, stride: int) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            self._validate(x, stride)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.jit.unused
+    def _validate(self, x: torch.Tensor, stride: int) -> None:
         if x.ndim != 4 or x.shape[1] != self.in_chans or x.shape[-1] < stride or x.shape[-2] < stride:
             raise UserError(
                 f"expected an image batch of shape (N, {self.in_chans}, H, W) with H, W >= {stride}, "
                 f"got {tuple(x.shape)}"
             )
-        return x.contiguous(memory_format=torch.channels_last)
 
     def _run(self, blocks: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            for block in blocks:
-                x = checkpoint(block, x, use_reentrant=False)
-            return x
+        if not torch.jit.is_scripting():
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                for block in blocks:
+                    x = checkpoint(block, x, use_reentrant=False)
+                return x
         return blocks(x)
 
     def fuse_for_inference(self) -> nn.Module:
@@ -305,10 +312,12 @@ class ConvNeXt(_Classifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's NCHW feature map (stride 32), before pooling."""
         x = self._check_input(x, 32)
-        for downsample, stage in zip(self.downsample_layers, self.stages, strict=True):
-            x = self._run(stage, downsample(x))
+        for downsample, stage in zip(self.downsample_layers, self.stages):  # noqa: B905 - TorchScript: no strict
+            x = downsample(x)
+            x = stage(x) if torch.jit.is_scripting() else self._run(stage, x)
         return x
 
+    @torch.jit.unused
     def forward_pyramid(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The normalised NCHW maps of ``out_indices`` (strides 4/8/16/32), for dense prediction."""
         x = self._check_input(x, 32)
@@ -348,7 +357,8 @@ class ConvNeXtIsotropic(_Classifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The NCHW feature map at stride 16, before pooling."""
-        return self._run(self.blocks, self.stem(self._check_input(x, 16)))
+        x = self.stem(self._check_input(x, 16))
+        return self.blocks(x) if torch.jit.is_scripting() else self._run(self.blocks, x)
 
 
 # name -> (class, default arguments). Defaults of the released checkpoints: isotropic S/B were trained
