@@ -21,8 +21,8 @@ from .data import IMAGE_EXTENSIONS, eval_transform, load_image
 from .errors import UserError
 from .models import create_model
 from .recipes import config_from_dict
-from .training import _build, eval_config
-from .weights import _read_file, convert_state_dict, load_checkpoint, read_metadata, read_state_dict
+from .training import build_run_model, eval_config
+from .weights import convert_state_dict, load_checkpoint, read_checkpoint_file, read_metadata, read_state_dict
 
 _DATA = Path(__file__).parent / "data"
 # Class counts of the released heads whose names ship with the package (see data/IMAGENET_CLASSES_SOURCE.md).
@@ -59,7 +59,7 @@ def load_model(name: str, *, checkpoint: str | os.PathLike | None = None,
         return create_model(name, pretrained=pretrained).eval()
     if pretrained or "." in name:
         raise UserError("give either --checkpoint or released weights (--pretrained / MODEL.TAG), not both")
-    raw = _read_file(Path(checkpoint))  # read once: tensors, or the whole record of a training run
+    raw = read_checkpoint_file(Path(checkpoint))  # read once: tensors, or the whole record of a training run
     metadata = read_metadata(checkpoint) if Path(checkpoint).suffix == ".safetensors" else {}
     run_config = raw.get("config") if isinstance(raw.get("config"), dict) else None
     run_config = run_config or json.loads(metadata.get("run_config", "null"))
@@ -69,7 +69,7 @@ def load_model(name: str, *, checkpoint: str | os.PathLike | None = None,
         config = config_from_dict(run_config)
         if config.model != name:
             raise UserError(f"{checkpoint} holds a {config.model} (trained with `convnext train`), not {name}")
-        model = _build(config, 0 if head is None else head.shape[0])
+        model = build_run_model(config, 0 if head is None else head.shape[0])
         model.run_config = run_config  # what rebuilds it, kept by `convnext export --format safetensors`
         model.pretrained_cfg = dict(eval_config(config), label_names=raw.get("classes"))
     else:

@@ -255,7 +255,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
 # --- the run -----------------------------------------------------------------------------------------------
 
 
-def _build(config: TrainConfig, num_classes: int) -> nn.Module:
+def build_run_model(config: TrainConfig, num_classes: int) -> nn.Module:
     """The model with the run's regularisation; options left at neutral values are not passed, so any
     registered builder works."""
     kwargs = dict(config.model_args, num_classes=num_classes)
@@ -322,7 +322,7 @@ def train(config: TrainConfig, *, resume: bool = True,
         + (f", {len(val_src)} validation images" if val_src is not None else ", no validation set"))
 
     torch.manual_seed(config.seed)
-    model = _build(config, len(classes))
+    model = build_run_model(config, len(classes))
     saved = None
     if resume and (out / "last.pt").exists():
         saved = read_training_state(out / "last.pt")

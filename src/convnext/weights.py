@@ -193,7 +193,7 @@ def read_state_dict(source: str | os.PathLike | Mapping, key: str | None = None)
     if isinstance(source, Mapping):
         data = source
     else:
-        data = _read_file(Path(source))
+        data = read_checkpoint_file(Path(source))
     if key is not None:
         if key not in data:
             raise UserError(f"checkpoint has no {key!r} entry; it has {sorted(data)[:10]}")
@@ -209,7 +209,8 @@ def read_state_dict(source: str | os.PathLike | Mapping, key: str | None = None)
     return {_strip_prefixes(k): v for k, v in tensors.items()}
 
 
-def _read_file(path: Path) -> Mapping:
+def read_checkpoint_file(path: Path) -> Mapping:
+    """Everything a checkpoint file (or Hugging Face folder) holds, read safely, before any unwrapping."""
     if path.is_dir():
         candidates = [path / "model.safetensors", path / "pytorch_model.bin"]
         found = [p for p in candidates if p.is_file()]
