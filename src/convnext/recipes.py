@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 from .errors import UserError
+from .weights import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -51,8 +52,8 @@ class TrainConfig:
     res: int = 224
     crop_pct: float | None = None  # evaluation crop; None: 0.875 below 384, 1.0 (no crop) at 384 and up
     interpolation: str = "bicubic"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
