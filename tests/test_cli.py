@@ -31,3 +31,16 @@ def test_user_error_is_one_line_without_traceback():
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "unknown model 'convnext_huge'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_fits_the_recipe_unless_one_is_named(monkeypatch, tmp_path):
+    import convnext.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "train", lambda config, resume: seen.append(config))
+    common = ["train", "--data", str(tmp_path), "--epochs", "15", "--set", "ema=true", "mixup=0.5"]
+    assert main(common) == 0 and main([*common, "--recipe", "in1k"]) == 0
+    fitted, named = seen
+    assert fitted.fit_to_run and fitted.recipe == "in1k" and not named.fit_to_run
+    assert (fitted.ema, fitted.mixup) == (True, 0.5)  # several settings after one --set
+    assert {"ema", "mixup", "epochs", "data"} <= set(fitted.given)

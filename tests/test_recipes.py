@@ -1,7 +1,7 @@
 import pytest
 
 from convnext.errors import UserError
-from convnext.recipes import RECIPES, config_dict, config_from_dict, resolve_config
+from convnext.recipes import RECIPES, config_dict, config_from_dict, fit_to_run, resolve_config, scaled_lr
 
 
 def test_in1k_is_the_papers_table_5():
@@ -22,6 +22,41 @@ def test_in22k_and_finetune_recipes():
     assert (f.lr, f.epochs, f.weight_decay, f.mixup, f.cutmix) == (5e-5, 30, 1e-8, 0.0, 0.0)
     assert (f.head_init_scale, f.layer_decay, f.drop_path, f.crop_pct) == (0.001, 0.8, 0.3, 1.0)
     assert set(RECIPES) == {"in1k", "in22k", "finetune", "demo"}
+
+
+def short_run(*settings, **flags):
+    """What `convnext train --data DIR --epochs 15 --res 64 --batch-size 32` resolves to."""
+    return resolve_config("in1k", ["fit_to_run=true", *settings], epochs=15, res=64, batch_size=32, **flags)
+
+
+def test_a_short_small_batch_run_is_fitted_and_says_how():
+    c = short_run()
+    notes = fit_to_run(c, train_images=240)
+    changed = {note.split()[0] for note in notes}
+    assert changed == {"lr_scaling", "lr", "warmup_epochs", "ema", "mixup", "cutmix", "reprob", "randaug_n"}
+    assert c.warmup_epochs == 1.0 and not c.ema and c.mixup == c.cutmix == c.reprob == 0 and c.randaug_n == 0
+    assert scaled_lr(c, 32) == 2e-3  # not the linear rule's 3.1e-5, which starves the run
+    assert any("EMA decay 0.9999 averages over ~10,000 steps but the run has 105" in note for note in notes)
+    # the paper's recipe itself is untouched
+    assert RECIPES["in1k"] == {} and resolve_config("in1k").ema is True
+
+
+def test_fitting_leaves_what_the_user_gave_alone():
+    c = short_run("ema=true", "mixup=0.8", "randaug_n=2", lr=1e-3)
+    notes = fit_to_run(c, train_images=240)
+    assert c.ema and c.mixup == 0.8 and c.randaug_n == 2 and scaled_lr(c, 32) == 1e-3  # --lr used as given
+    assert not any(note.startswith(("ema", "mixup", "randaug_n", "lr ")) for note in notes)
+
+
+def test_a_named_recipe_is_used_exactly():
+    c = resolve_config("in1k", epochs=15, res=64, batch_size=32)
+    before = config_dict(c)
+    assert fit_to_run(c, train_images=240) == [] and config_dict(c) == before
+
+
+def test_a_run_as_long_as_the_papers_keeps_the_papers_settings():
+    c = resolve_config("in1k", ["fit_to_run=true", "batch_size=128", "accum_steps=4"])
+    assert fit_to_run(c, train_images=1_281_167, world_size=8) == []
 
 
 def test_settings_are_parsed_and_flags_win():

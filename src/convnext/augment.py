@@ -8,6 +8,7 @@ smoothing folded in (the loss is cross-entropy against those targets).
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 from timm.data.mixup import Mixup, mixup_target
+from torch.utils.data import get_worker_info
 
 
 def randaugment_spec(n: int, m: int, mstd: float) -> str | None:
@@ -81,22 +83,29 @@ class BatchMix:
 
 @contextmanager
 def seeded(*key: int) -> Iterator[None]:
-    """Run a block with Python's, NumPy's and torch's CPU generators seeded from ``key``, then put them back.
+    """Run a block with Python's, NumPy's and torch's CPU generators seeded from ``key``.
 
     timm's transforms draw from all three global generators; seeding them per image from ``(seed, epoch,
-    index)`` makes an image's augmentation independent of which worker or rank makes it.
+    index)`` makes an image's augmentation independent of which worker or rank makes it. In the main process
+    (``workers=0``) the generators are put back afterwards, so the run's own draws (Mixup, drop path) do not
+    depend on how many workers load the data; a worker process draws from them for nothing else.
     """
-    seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+    digest = hashlib.blake2b(",".join(map(str, key)).encode(), digest_size=4).digest()
+    seed = int.from_bytes(digest, "little")
+    cpu = torch.default_generator  # not torch.manual_seed, which also queues seeds for every accelerator
+    main = get_worker_info() is None
+    if main:
+        saved = random.getstate(), np.random.get_state(), cpu.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    cpu.manual_seed(seed)
+    try:
+        yield
+    finally:
+        if main:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            cpu.set_state(saved[2])
 
 
 def host_rng_state() -> dict:

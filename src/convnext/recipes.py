@@ -79,7 +79,7 @@ class TrainConfig:
     tensorboard: bool = False
     # fitting the recipe to a run far shorter or smaller than the paper's (see fit_to_run)
     fit_to_run: bool = False
-    lr_scaling: str = "linear"  # how lr follows the effective batch from lr_batch: linear or sqrt
+    lr_scaling: str = "linear"  # how lr follows the effective batch from lr_batch: linear, sqrt or none
     given: tuple[str, ...] = ()  # the settings the user gave; fit_to_run never changes them
 
 
@@ -116,6 +116,9 @@ WARMUP_SHARE = 20 / 300
 # An EMA of decay d averages over ~1 / (1 - d) steps; a run shorter than this many such horizons leaves the
 # EMA weights mostly at their starting values.
 EMA_MIN_HORIZONS = 2
+# A fitted run below the recipe's batch uses this share of its peak lr, unscaled (measured on real photos:
+# README, "Training on your own images").
+SMALL_BATCH_LR_SHARE = 0.5
 # Below this many optimizer steps a run is "short": the paper's strong regularisation (Mixup/CutMix, random
 # erasing) keeps such a run from fitting at all.
 SHORT_RUN_STEPS = 2000
@@ -123,9 +126,9 @@ SHORT_RUN_STEPS = 2000
 
 def scaled_lr(config: TrainConfig, eff_batch: int) -> float:
     """The peak lr at ``eff_batch``: ``lr`` is given for ``lr_batch`` images and scaled linearly (the paper's
-    rule) or by the square root of the batch ratio (``lr_scaling="sqrt"``)."""
+    rule), by the square root of the batch ratio (``lr_scaling="sqrt"``), or not at all (``"none"``)."""
     ratio = eff_batch / config.lr_batch
-    return config.lr * (ratio if config.lr_scaling == "linear" else ratio ** 0.5)
+    return config.lr * {"linear": ratio, "sqrt": ratio ** 0.5, "none": 1.0}[config.lr_scaling]
 
 
 def ema_warning(config: TrainConfig, total_steps: int) -> str | None:
@@ -155,10 +158,14 @@ def fit_to_run(config: TrainConfig, train_images: int, world_size: int = 1) -> l
 
     eff_batch = config.batch_size * config.accum_steps * world_size
     steps = max(train_images // eff_batch, 1) * config.epochs
-    if eff_batch < config.lr_batch and "lr" not in config.given:
+    if "lr" in config.given and "lr_batch" not in config.given:
+        change("lr_scaling", "none", f"--lr {config.lr:g} is used as given at this run's batch")
+    elif eff_batch < config.lr_batch and not {"lr_batch", "lr_scaling"} & set(config.given):
         ratio = eff_batch / config.lr_batch
-        change("lr_scaling", "sqrt", f"linear scaling from batch {config.lr_batch} to {eff_batch} starves the "
-               f"run (lr {config.lr * ratio:.2g}); square-root scaling gives {config.lr * ratio ** 0.5:.2g}")
+        change("lr_scaling", "none", f"linear scaling from batch {config.lr_batch} to {eff_batch} would give "
+               f"{config.lr * ratio:.2g}, too small to learn; AdamW normalises its steps, so the peak is used "
+               "as is, halved below")
+        change("lr", config.lr * SMALL_BATCH_LR_SHARE, f"the full peak is too noisy at batch {eff_batch}")
     change("warmup_epochs", min(config.warmup_epochs, round(config.epochs * WARMUP_SHARE, 2)),
            f"warm-up kept to the paper's share of the run ({WARMUP_SHARE:.1%})")
     why_not_ema = ema_warning(config, steps)
@@ -166,9 +173,8 @@ def fit_to_run(config: TrainConfig, train_images: int, world_size: int = 1) -> l
         change("ema", False, why_not_ema)
     if steps < SHORT_RUN_STEPS:
         why = f"a {steps}-step run is too short for the paper's regularisation (made for ~94k steps)"
-        change("mixup", 0.0, why)
-        change("cutmix", 0.0, why)
-        change("reprob", 0.0, why)
+        for key in ("randaug_n", "mixup", "cutmix", "reprob"):
+            change(key, 0 if key == "randaug_n" else 0.0, why)
     return notes
 
 
@@ -199,6 +205,8 @@ def _check(config: TrainConfig) -> None:
             raise UserError(f"setting {f.name}={value!r}: expected a {kind.__name__}")
     if config.batch_size < 1 or config.accum_steps < 1 or config.epochs < 1:
         raise UserError("batch_size, accum_steps and epochs must be at least 1")
+    if config.lr_scaling not in ("linear", "sqrt", "none"):
+        raise UserError(f"lr_scaling must be linear, sqrt or none, got {config.lr_scaling!r}")
     if not 0 < config.layer_decay <= 1:
         raise UserError(f"layer_decay must be in (0, 1], got {config.layer_decay}")
 
