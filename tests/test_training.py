@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-import convnext.training as training
+import convnext.engine.checkpoints as checkpoints
 from convnext.augment import BatchMix
 from convnext.errors import UserError
 from convnext.models import build_model, register_model
@@ -128,7 +128,7 @@ def test_resume_after_interruption_is_bitwise_exact(tmp_path, monkeypatch):
                 "cutmix=1.0", "drop_path=0.1", "ema=true", "ema_decay=0.9", "hflip=0.5"]
     whole = train(config(tmp_path / "whole", *settings, data=str(data)), log=lambda text: None)
 
-    saves, real_save = [], training._save
+    saves, real_save = [], checkpoints.save_state
 
     def save_then_die(state, path):
         real_save(state, path)
@@ -136,11 +136,11 @@ def test_resume_after_interruption_is_bitwise_exact(tmp_path, monkeypatch):
         if saves.count("last.pt") == 4:  # epoch 2, step 2 of 6
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_save", save_then_die)
+    monkeypatch.setattr(checkpoints, "save_state", save_then_die)
     cfg = config(tmp_path / "cut", *settings, data=str(data))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, log=lambda text: None)
-    monkeypatch.setattr(training, "_save", real_save)
+    monkeypatch.setattr(checkpoints, "save_state", real_save)
     logs = []
     resumed = train(cfg, log=logs.append)
     assert any("resuming" in line and "epoch 2, step 2" in line for line in logs)

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import UserError
+from .files import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -219,16 +220,27 @@ def read_checkpoint_file(path: Path) -> Mapping:
         path = found[0]
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(err)}") from None
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}): {str(err).splitlines()[0]}. "
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}): {first_line(err)}. "
                         "Only tensors are read from pickles (weights_only=True).") from None
+    if not isinstance(data, Mapping):
+        raise UserError(f"cannot read checkpoint {path}: it holds a {type(data).__name__}, not named tensors")
+    return data
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type when the message is empty."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _strip_prefixes(key: str) -> str:
@@ -378,11 +390,7 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.P
     """Write weights (official key names) as safetensors, atomically: a temporary file, then a rename."""
     state_dict = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata=dict(metadata or {}))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
