@@ -7,10 +7,13 @@ download/cache logic behind ``create_model(..., pretrained=True)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import socket
+import urllib.error
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -137,6 +140,30 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("CONVNEXT_OFFLINE") == "1"
 
 
+NETWORK_TIMEOUT = 20  # seconds a connection or a read may stall before a download counts as failed
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torch.hub opens URLs without a timeout; a black-holed network would hang for minutes."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _unreachable(err: BaseException) -> bool:
+    """The server was not reached at all (no DNS, no route, refused, timed out), as opposed to an answer
+    from it (HTTP 404, a bad file)."""
+    if isinstance(err, urllib.error.HTTPError):
+        return False
+    if isinstance(err, urllib.error.URLError):
+        err = err.reason if isinstance(err.reason, BaseException) else err
+    return isinstance(err, OSError | TimeoutError) and not isinstance(err, FileNotFoundError | PermissionError)
+
+
 def cached_weights_path(entry: PretrainedWeights) -> Path:
     """Where the official file lives in torch.hub's cache (``$TORCH_HOME/hub/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / entry.file
@@ -155,14 +182,19 @@ def download_weights(entry: PretrainedWeights) -> Path:
             if isinstance(cached, str):
                 return Path(cached)
     failures = []
+    try_hub = entry.hf_hub_id is not None
     if not _offline():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(entry.url, str(path), progress=True)  # temp file, then rename
+            with _socket_timeout(NETWORK_TIMEOUT):
+                torch.hub.download_url_to_file(entry.url, str(path), progress=True)  # temp file, then rename
             return path
         except Exception as err:  # noqa: BLE001 - any network failure falls through to the next source
             failures.append(f"{entry.url}: {err}")
-        if entry.hf_hub_id:
+            if _unreachable(err):  # no network at all: the Hugging Face client would retry for ~45 s
+                failures.append("no network, so the Hugging Face Hub was not tried")
+                try_hub = False
+        if try_hub:
             from huggingface_hub import hf_hub_download
 
             try:
