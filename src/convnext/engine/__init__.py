@@ -6,7 +6,7 @@
 ``state``        everything a checkpoint must hold to resume a run bit for bit
 ``loop``         one epoch of training
 ``validate``     one pass over the validation set (model and EMA)
-``runlog``       what the run leaves to read: metrics.jsonl, summary.json, TensorBoard, curves.png
+``records``      what the run leaves to read: metrics.jsonl, summary.json, TensorBoard, curves.png
 
 ``convnext.training.train`` puts them together for image classification.
 """
