@@ -44,3 +44,59 @@ def test_train_fits_the_recipe_unless_one_is_named(monkeypatch, tmp_path):
     assert fitted.fit_to_run and fitted.recipe == "in1k" and not named.fit_to_run
     assert (fitted.ema, fitted.mixup) == (True, 0.5)  # several settings after one --set
     assert {"ema", "mixup", "epochs", "data"} <= set(fitted.given)
+
+def _atto_weights(folder):
+    import torch
+
+    from convnext.models import build_model
+    from convnext.weights import save_weights
+
+    torch.manual_seed(0)
+    return save_weights(build_model("convnext_atto", num_classes=3), folder / "atto.safetensors")
+
+
+def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
+    import pytest
+    from PIL import Image
+
+    weights = _atto_weights(tmp_path)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "photo.png")
+    cases = [
+        (["train", "--lr", "-1"], "lr=-1.0: must be above 0"),
+        (["train", "--lr", "nan"], "lr=nan: must be above 0"),
+        (["train", "--workers", "-1"], "workers=-1"),
+        (["train", "--set", "epochs=true"], "epochs=True: expected a whole number"),
+        (["train", "--set", "clip_grad=-1"], "clip_grad=-1.0: must be above 0"),
+        (["train", "--finetune", str(empty), "--output", str(tmp_path / "ft")], "empty"),
+        (["evaluate", "--checkpoint", str(empty)], "the file is empty"),
+        (["evaluate", "--checkpoint", str(weights), "--model", "convnext_atto", "--batch-size", "0"],
+         "--batch-size must be at least 1"),
+        (["predict", "--checkpoint", str(empty), str(tmp_path / "photo.png")], "the file is empty"),
+        (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "safetensors", "--out",
+          str(tmp_path / "img")], "is a folder"),
+        (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "safetensors", "--out",
+          str(tmp_path / "x.safetensors"), "--res", "0"], "--res must be at least 32"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == []  # no temporary file left behind
+    with pytest.raises(SystemExit):
+        main(["predict"])
+
+
+def test_a_terminal_without_unicode_gets_escapes_not_a_crash(tmp_path):
+    from PIL import Image
+
+    weights = _atto_weights(tmp_path)
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "café_☕.png")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("LANG", "LC_ALL")}
+    env.update(PYTHONIOENCODING="ascii", LC_ALL="C")
+    proc = subprocess.run([sys.executable, "-m", "convnext", "predict", str(tmp_path), "--checkpoint", str(weights),
+                           "--model", "convnext_atto", "--device", "cpu"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "caf\\xe9_\\u2615.png" in proc.stdout

@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -108,3 +111,35 @@ def test_epoch_sampler_shards_one_shuffle_and_resumes_inside_an_epoch():
     assert [i for i, _ in single] == order[4:] and len(single) == 6
     single.set_epoch(3)
     assert [i for i, _ in single] != order
+
+
+def _png(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8)).save(path)
+
+
+def test_image_folders_skip_hidden_files_and_name_broken_links(tmp_path):
+    for name in ("a/1.png", "a/sub/2.png", "b/1.png", "a/.thumb.png", "a/.cache/3.png"):
+        _png(tmp_path / name)
+    os.symlink("loop.png", tmp_path / "a" / "loop.png")
+    os.symlink("..", tmp_path / "a" / "sub" / "up")
+    with pytest.warns(UserWarning, match=r"left out 2 image names .*not readable files.*loop.png"):
+        folder = ImageFolder(tmp_path)
+    assert [Path(p).relative_to(tmp_path).as_posix() for p, _ in folder.samples] == ["a/1.png", "a/sub/2.png",
+                                                                                     "b/1.png"]
+
+
+def test_an_unreadable_class_folder_is_not_called_empty(tmp_path, monkeypatch):
+    for name in ("a/1.png", "b/1.png"):
+        _png(tmp_path / name)
+    real_walk = os.walk
+
+    def refusing_walk(top, onerror=None, **kw):
+        if Path(top).name == "b":  # what os.walk meets in a folder without read permission (root ignores chmod)
+            onerror(PermissionError(13, "Permission denied", str(top)))
+            return iter(())
+        return real_walk(top, onerror=onerror, **kw)
+
+    monkeypatch.setattr(os, "walk", refusing_walk)
+    with pytest.raises(UserError, match=f"cannot read the folder {tmp_path / 'b'}: Permission denied"):
+        ImageFolder(tmp_path)

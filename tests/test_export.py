@@ -162,8 +162,17 @@ def test_export_cli_errors_are_readable(tmp_path, capsys):
     ckpt = export.export_safetensors(create_model("convnext_atto"), tmp_path / "w.safetensors")
     assert main([*args, "--checkpoint", str(ckpt), "--format", "onnx", "--res", "16"]) == 2
     err = capsys.readouterr().err
-    assert "H, W >= 32, got (1, 3, 16, 16)" in err and "Traceback" not in err
+    assert "--res must be at least 32 (the networks downsample 32x), got 16" in err and "Traceback" not in err
     with pytest.raises(UserError, match="unknown export format"):
         export.export_model(create_model("convnext_atto"), tmp_path / "m", "tflite")
     with pytest.raises(UserError, match="output folder does not exist"):
         export.export_model(create_model("convnext_atto"), tmp_path / "no" / "m.safetensors", "safetensors")
+
+
+def test_exports_carry_the_run_configuration_without_machine_paths(tmp_path):
+    model = create_model("convnext_atto")
+    model.run_config = dict(model="convnext_atto", lr=0.004, data="/home/me/secret/data", val_data="/home/me/v",
+                            output="/home/me/runs/a", finetune="/home/me/w.pth")
+    meta = export.export_metadata(model)
+    assert json.loads(meta["run_config"]) == dict(model="convnext_atto", lr=0.004)
+    assert "/home/me" not in json.dumps(meta)

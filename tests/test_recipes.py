@@ -60,9 +60,10 @@ def test_a_run_as_long_as_the_papers_keeps_the_papers_settings():
 
 
 def test_settings_are_parsed_and_flags_win():
-    c = resolve_config("in1k", ["layer_decay=0.7", "ema=false", "crop-scale=[0.5, 1]", "model_args={\"dims\": [8]}",
-                                "clip_grad=1", "epochs=5"], epochs=7, lr=None)
-    assert (c.layer_decay, c.ema, c.crop_scale, c.model_args, c.clip_grad) == (0.7, False, (0.5, 1), {"dims": [8]}, 1)
+    dims = [8, 16, 32, 64]
+    c = resolve_config("in1k", ["layer_decay=0.7", "ema=false", "crop-scale=[0.5, 1]",
+                                f"model_args={{\"dims\": {dims}}}", "clip_grad=1", "epochs=5"], epochs=7, lr=None)
+    assert (c.layer_decay, c.ema, c.crop_scale, c.model_args, c.clip_grad) == (0.7, False, (0.5, 1), {"dims": dims}, 1)
     assert c.epochs == 7 and c.lr == 4e-3
     assert config_from_dict(config_dict(c)) == c
 
@@ -70,8 +71,8 @@ def test_settings_are_parsed_and_flags_win():
 @pytest.mark.parametrize("settings,message", [
     (["layer_decy=0.7"], "did you mean layer_decay"),
     (["epochs"], "expected key=value"),
-    (["epochs=many"], "expected a int"),
-    (["layer_decay=1.5"], "layer_decay must be"),
+    (["epochs=many"], "expected a whole number"),
+    (["layer_decay=1.5"], r"layer_decay=1.5: must be in \(0, 1\]"),
 ])
 def test_bad_settings_are_one_clear_error(settings, message):
     with pytest.raises(UserError, match=message):
@@ -81,3 +82,48 @@ def test_bad_settings_are_one_clear_error(settings, message):
 def test_unknown_recipe():
     with pytest.raises(UserError, match="choose from in1k"):
         resolve_config("imagenet")
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["clip_grad=-1"], "clip_grad=-1.0: must be above 0"),  # clip_grad_norm_ with a negative norm ascends
+    (["lr=-1"], "lr=-1.0: must be above 0"),
+    (["lr=nan"], "lr='nan': expected a number"),
+    (["lr=1e999"], "lr=inf: must be above 0"),
+    (["res=0"], "res=0: must be at least 32"),
+    (["workers=-1"], "workers=-1: must be at least 0"),
+    (["seed=-1"], r"seed=-1: must be in \[0, 2147483647\]"),
+    (["lr_batch=0"], "lr_batch=0: must be at least 1"),
+    (["betas=[0.9]"], "betas=.*expected a list of 2 numbers"),
+    (["betas=[0.9, 1.0]"], r"must be in \[0, 1\)"),
+    (["mean=[0.5]"], "mean=.*expected a list of 3 numbers"),
+    (["std=[1, 1, 0]"], "std=.*must be above 0"),
+    (["interpolation=lanczos"], "choose from bicubic, bilinear, nearest"),
+    (["lr_scaling=log"], "choose from linear, sqrt"),
+    (["ema_decay=2"], r"ema_decay=2.0: must be in \[0, 1\)"),
+    (["drop_path=1.5"], r"drop_path=1.5: must be in \[0, 1\)"),
+    (["crop_scale=[2,1]"], r"crop_scale=\[2.0, 1.0\]: must be in \(0, 1\]"),
+    (["crop_scale=[0.9,0.5]"], "the smaller value comes first"),
+    (['model_args={"dims":[1,2,3]}'], "convnext_tiny cannot be built with model_args"),
+    (['model_args={"num_classes":3}'], "num_classes come from the run's own settings"),
+    (["model_args=[1]"], "model_args=.*expected a JSON object"),
+    (["epochs=true"], "epochs=True: expected a whole number"),
+    (["ema=1"], "ema=1: expected true or false"),
+    (["hflip=2"], r"hflip=2.0: must be in \[0, 1\]"),
+    (["warmup_epochs=-5"], "warmup_epochs=-5.0: must be at least 0"),
+    (["save_every=-1"], "save_every=-1: must be at least 0"),
+    (["randaug_n=-1"], "randaug_n=-1: must be at least 0"),
+    (["mixup=-1"], "mixup=-1.0: must be at least 0"),
+    (["crop_pct=0"], r"crop_pct=0.0: must be in \(0, 1\]"),
+])
+def test_every_setting_is_range_checked(settings, message):
+    with pytest.raises(UserError, match=message):
+        resolve_config("in1k", settings)
+
+
+def test_flags_are_checked_like_settings():
+    with pytest.raises(UserError, match="lr=nan: must be above 0"):
+        resolve_config("in1k", lr=float("nan"))
+    with pytest.raises(UserError, match="res=0: must be at least 32"):
+        resolve_config("in1k", res=0)
+    c = resolve_config("demo", ["clip_grad=1", "betas=[0, 0.5]"])
+    assert c.clip_grad == 1.0 and isinstance(c.clip_grad, float) and c.betas == (0.0, 0.5)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-import convnext.training as training
+import convnext.engine.checkpoints as checkpoints
 from convnext.augment import BatchMix
 from convnext.errors import UserError
 from convnext.models import build_model, register_model
@@ -128,7 +128,7 @@ def test_resume_after_interruption_is_bitwise_exact(tmp_path, monkeypatch):
                 "cutmix=1.0", "drop_path=0.1", "ema=true", "ema_decay=0.9", "hflip=0.5"]
     whole = train(config(tmp_path / "whole", *settings, data=str(data)), log=lambda text: None)
 
-    saves, real_save = [], training._save
+    saves, real_save = [], checkpoints.save_state
 
     def save_then_die(state, path):
         real_save(state, path)
@@ -136,11 +136,11 @@ def test_resume_after_interruption_is_bitwise_exact(tmp_path, monkeypatch):
         if saves.count("last.pt") == 4:  # epoch 2, step 2 of 6
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "_save", save_then_die)
+    monkeypatch.setattr(checkpoints, "save_state", save_then_die)
     cfg = config(tmp_path / "cut", *settings, data=str(data))
     with pytest.raises(KeyboardInterrupt):
         train(cfg, log=lambda text: None)
-    monkeypatch.setattr(training, "_save", real_save)
+    monkeypatch.setattr(checkpoints, "save_state", real_save)
     logs = []
     resumed = train(cfg, log=logs.append)
     assert any("resuming" in line and "epoch 2, step 2" in line for line in logs)
@@ -181,6 +181,7 @@ def test_corrupt_images_are_skipped_counted_and_reported(tmp_path):
     summary = train(config(tmp_path, "epochs=1", "batch_size=7", data=str(data)), log=logs.append)
     assert summary["skipped_images"] == [str(data / "train" / "a" / "zz_broken.png")]
     assert any("skipped 1 unreadable" in line for line in logs)
+    assert any("(1 unreadable validation images left out)" in line for line in logs)
     assert summary["final"]["val_top1"] is not None
 
 
@@ -218,3 +219,92 @@ def test_finetune_starts_from_a_checkpoint_with_a_new_head(tmp_path):
     # lr 5e-5 x 8/512 with layer decay 0.8: the body barely moves; the new head is tiny (head_init_scale 0.001)
     assert (tuned["stages.0.0.dwconv.weight"] - start["stages.0.0.dwconv.weight"]).abs().max() < 1e-5
     assert tuned["head.weight"].shape == (3, 64) and tuned["head.weight"].abs().max() < 1e-3
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from convnext.engine.checkpoints import RunLock
+RunLock(Path(sys.argv[1])).acquire()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_one_run_per_folder_and_a_killed_holder_leaves_no_lock(tmp_path):
+    folder = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"{folder} is in use by another run \(process {holder.pid}\)"):
+            train(config(tmp_path), log=lambda text: None)
+    finally:
+        holder.kill()  # like kill -9: no clean-up code runs
+        holder.wait()
+    lock = checkpoints.RunLock(folder).acquire()
+    assert (folder / ".lock").read_text().strip() == str(os.getpid())
+    with pytest.raises(UserError, match="in use by another run"):  # one holder, even within a process
+        checkpoints.RunLock(folder).acquire()
+    lock.release()
+
+
+def test_a_resume_continues_the_same_run_or_refuses(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=8)
+    cfg = config(tmp_path, "epochs=1", "batch_size=8", "save_every=1", data=str(data))
+    train(cfg, log=lambda text: None)
+    run = tmp_path / "run"
+    before = (run / "last.pt").read_bytes()
+    # a changed lr was printed and then ignored: now it is refused, naming the way to start over
+    with pytest.raises(UserError, match=r"other settings \(lr 0.004 -> 0.002\).*--restart"):
+        train(config(tmp_path, "epochs=1", "batch_size=8", "save_every=1", data=str(data), lr=0.002))
+    other = make_folder(tmp_path / "other", per_class=8, classes=("a", "b", "c"))
+    with pytest.raises(UserError, match="holds a run on other classes.*--restart"):
+        train(config(tmp_path, "epochs=1", "batch_size=8", "save_every=1", data=str(other)))
+    assert (run / "last.pt").read_bytes() == before
+    # settings a resume applies as given: more epochs
+    logs = []
+    train(config(tmp_path, "epochs=2", "batch_size=8", "save_every=1", data=str(data)), log=logs.append)
+    assert any("resuming" in line for line in logs) and (run / "checkpoint-2.pt").is_file()
+    # a restart replaces the folder's run: nothing of the old one is left to pass for the new one
+    train(config(tmp_path, "epochs=1", "batch_size=8", data=str(data), lr=0.002), resume=False,
+          log=lambda text: None)
+    assert not list(run.glob("checkpoint-*.pt"))
+    assert torch.load(run / "last.pt", weights_only=True)["config"]["lr"] == 0.002
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", r"the file is empty \(0 bytes\); it may be damaged: --restart"),
+    (b"PK\x03\x04 torn", "it may be damaged: --restart"),
+    ("weights", r"not a checkpoint a training run wrote \(no optimizer.*--restart"),
+])
+def test_a_last_pt_that_cannot_be_resumed_says_how_to_start_over(tmp_path, content, message):
+    (tmp_path / "run").mkdir()
+    if content == "weights":
+        torch.save({"model": build_model("convnext_atto", num_classes=10).state_dict()}, tmp_path / "run" / "last.pt")
+    else:
+        (tmp_path / "run" / "last.pt").write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        train(config(tmp_path), log=lambda text: None)
+
+
+def test_divergence_before_any_checkpoint_does_not_promise_one(tmp_path, monkeypatch):
+    data = make_folder(tmp_path / "data", per_class=8)
+    calls, real_call = [], BatchMix.__call__
+
+    def poisoned(self, images, labels):
+        x, t = real_call(self, images, labels)
+        calls.append(1)
+        return (x * float("nan") if len(calls) == 2 else x), t  # call 1 draws augment.png
+
+    monkeypatch.setattr(BatchMix, "__call__", poisoned)
+    with pytest.raises(UserError, match="step 1: training stopped; no checkpoint was written yet") as err:
+        train(config(tmp_path, "epochs=1", "batch_size=8", data=str(data)), log=lambda text: None)
+    assert "intact" not in str(err.value)
+
+
+def test_a_single_class_is_refused(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=8, classes=("only",))
+    with pytest.raises(UserError, match="holds one class"):
+        train(config(tmp_path, data=str(data)), log=lambda text: None)

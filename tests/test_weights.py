@@ -283,3 +283,27 @@ def test_pretrained_loads_from_hugging_face_cache(fake_registry):
 def test_convert_state_dict_keeps_official_keys():
     sd = small_model().state_dict()
     assert list(convert_state_dict(sd)) == list(sd)
+
+
+def test_no_network_fails_fast_without_the_hub_retries(fake_registry, monkeypatch):
+    import socket
+    import urllib.error
+
+    import huggingface_hub
+
+    entry, _, _, _ = fake_registry
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+
+    def no_dns(url, dst, progress=True):
+        assert socket.getdefaulttimeout() == weights.NETWORK_TIMEOUT  # a stalled network cannot hang us
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    def hub(*args, **kwargs):
+        raise AssertionError("the Hugging Face Hub was tried without a network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_dns)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    with pytest.raises(UserError, match="no network, so the Hugging Face Hub was not tried") as err:
+        create_model("convnext_atto", pretrained=True)
+    assert "hf download someone/convnext-atto" in str(err.value)
+    assert socket.getdefaulttimeout() is None

@@ -4,6 +4,7 @@ data (image folders, the built-in digits, per-image augmentation in DataLoader w
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -98,12 +99,17 @@ class ImageFolder:
                             f"extra {extra[:5]}, missing {missing[:5]}")
         self.root, self.classes = root, found
         self.samples: list[tuple[str, int]] = []
+        self.unusable: list[str] = []  # image names that are not readable files (broken links, link loops)
         for label, name in enumerate(found):
-            files = sorted(str(p) for p in (root / name).rglob("*")
-                           if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            files = image_files(root / name, self.unusable)
             if not files:
                 raise UserError(f"class folder {root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
-            self.samples += [(f, label) for f in files]
+            self.samples += [(str(f), label) for f in files]
+        if self.unusable:
+            shown = ", ".join(self.unusable[:3]) + (f" and {len(self.unusable) - 3} more" if len(self.unusable) > 3
+                                                    else "")
+            warnings.warn(f"left out {len(self.unusable)} image names under {root} that are not readable files "
+                          f"(broken links or link loops): {shown}", stacklevel=2)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -114,6 +120,44 @@ class ImageFolder:
 
     def describe(self, index: int) -> str:
         return self.samples[index][0]
+
+
+def image_files(folder: Path, unusable: list[str] | None = None) -> list[Path]:
+    """The image files under ``folder``, sorted; hidden files and folders are skipped (as ``predict`` does).
+
+    A folder that cannot be listed is an error, not an empty class; names that look like images but are not
+    readable files (broken links, link loops) are added to ``unusable``."""
+    found: list[Path] = []
+
+    def refused(err: OSError) -> None:
+        raise UserError(f"cannot read the folder {err.filename}: {err.strerror}")
+
+    seen = {_identity(folder)}
+    for parent, dirs, names in os.walk(folder, onerror=refused, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirs if not d.startswith(".")):
+            identity = _identity(Path(parent, d))
+            if identity in seen:  # a link back to a folder already walked: a loop (or a duplicate)
+                if unusable is not None:
+                    unusable.append(str(Path(parent, d)))
+                continue
+            seen.add(identity)
+            keep.append(d)
+        dirs[:] = keep
+        for name in names:
+            path = Path(parent, name)
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if path.is_file():
+                found.append(path)
+            elif unusable is not None:
+                unusable.append(str(path))
+    return sorted(found)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    info = path.stat()
+    return info.st_dev, info.st_ino
 
 
 def image_folders(data: str | os.PathLike, val_data: str | os.PathLike | None = None

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .files import atomic_path
 from .loading import load_model
 from .weights import data_config, save_weights
 
@@ -34,6 +35,10 @@ ONNX_OPSET = 18
 MIN_ONNX_OPSET = 17  # the first opset with LayerNormalization
 TOLERANCE = 1e-4  # max abs difference of float32 logits accepted from an exported model
 CHECK_BATCH = 3  # checks run at another batch size than the export example (2): the batch axis is dynamic
+
+
+# Settings of a run that name folders of the machine it ran on: no business of a deployed file.
+MACHINE_PATHS = ("data", "val_data", "output", "finetune")
 
 
 class OnnxCheck(NamedTuple):
@@ -59,7 +64,8 @@ def export_metadata(model: nn.Module) -> dict[str, str]:
         "pretrained_cfg": json.dumps(_config(model)),
     }
     if getattr(model, "run_config", None):
-        metadata["run_config"] = json.dumps(model.run_config)
+        portable = {k: v for k, v in model.run_config.items() if k not in MACHINE_PATHS}
+        metadata["run_config"] = json.dumps(portable)
     return metadata
 
 
@@ -76,24 +82,12 @@ def export_program(model: nn.Module, *, res: int | None = None) -> torch.export.
     return torch.export.export(model.eval(), (example_input(model, 2, res),), dynamic_shapes=_batch_axis())
 
 
-@contextlib.contextmanager
-def _atomic(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary file beside ``path`` (same suffix) that replaces ``path`` only when writing succeeded."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.stem}.partial{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_program(model: nn.Module, path: str | os.PathLike, *, res: int | None = None) -> Path:
     """``torch.export.save`` of :func:`export_program`, with :func:`export_metadata` as ``convnext.json``."""
     if Path(path).suffix != ".pt2":
         raise UserError(f"a torch.export archive must end in .pt2, got {path}")
     program = export_program(model, res=res)
-    with _atomic(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings():
         # torch's archive writer says this of weights that share storage; ours are on the CPU, which it needs
         warnings.filterwarnings("ignore", "No complete tensor found in the group", UserWarning)
         torch.export.save(program, tmp, extra_files={"convnext.json": json.dumps(export_metadata(model))})
@@ -115,7 +109,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, res: int | None = 
     for node in program.model.graph.all_nodes():
         node.metadata_props.clear()  # the exporter's debug notes: stack traces with this machine's paths
     program.model.metadata_props.update(export_metadata(model))
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
     return Path(path)
 
@@ -172,7 +166,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, res: int | 
             # Shape checks in forward become constants in a trace; we verify at another batch size instead.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             module = torch.jit.trace(model, example_input(model, 2, res), check_trace=False)
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             torch.jit.save(module, str(tmp), _extra_files={"convnext.json": json.dumps(export_metadata(model))})
     return Path(path)
 
@@ -220,6 +214,10 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
         raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if not Path(path).parent.is_dir():
         raise UserError(f"output folder does not exist: {Path(path).parent}")
+    if Path(path).is_dir():
+        raise UserError(f"--out {path} is a folder; name the file to write, e.g. {Path(path) / ('model.' + fmt)}")
+    if res is not None and res < 32:
+        raise UserError(f"--res must be at least 32 (the networks downsample 32x), got {res}")
     model.eval()
     device = next(model.parameters()).device
     with torch.inference_mode():

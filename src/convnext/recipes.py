@@ -10,9 +10,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
+import typing
 from dataclasses import dataclass, field
 
+import torch
+
 from .errors import UserError
+from .models import build_model
 from .weights import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -195,20 +200,121 @@ def _parse(key: str, text: str, current) -> object:
     return value
 
 
+def _conform(name: str, value, hint):
+    """``value`` as the type ``hint`` of its field names (ints taken as floats, lists as tuples), or one error.
+    A bool is never taken for a number (``epochs=true``), nor a number for a bool (``ema=1``)."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint) or hint
+    wrong = UserError(f"setting {name}={value!r}: expected {_type_text(hint)}")
+    if origin is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong
+        return float(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise wrong
+        kinds = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(kinds) != len(value):
+            raise wrong
+        return tuple(_conform(name, v, kind) for v, kind in zip(value, kinds, strict=True))
+    if isinstance(value, bool) != (origin is bool) or not isinstance(value, origin):
+        raise wrong
+    return value
+
+
+def _type_text(hint) -> str:
+    origin, args = typing.get_origin(hint) or hint, typing.get_args(hint)
+    if origin is tuple:
+        count = "" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)} "
+        return f"a list of {count}{'numbers' if args[0] is float else 'texts'}"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text",
+            dict: "a JSON object"}.get(origin, getattr(origin, "__name__", str(origin)))
+
+
+def _within(low: float, high: float, *, open_low: bool = False, open_high: bool = False):
+    """A range test and its words: ``[low, high]`` with either end open."""
+    def test(v: float) -> bool:
+        return (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+    text = f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+    if high == math.inf:
+        text = f"{'above' if open_low else 'at least'} {low:g}"
+    return test, text.replace(f"{high:g}", str(high)) if high >= 1e6 else text
+
+
+_POSITIVE, _NON_NEGATIVE = _within(0, math.inf, open_low=True), _within(0, math.inf)
+_FRACTION, _FRACTION_BELOW_1 = _within(0, 1), _within(0, 1, open_high=True)
+_AT_LEAST_1 = _within(1, math.inf)
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+LR_SCALINGS = ("linear", "sqrt", "none")
+MIN_RES = 32  # the networks downsample 32x
+# The valid range of every number a run takes (a tuple's range holds for each of its values). What these
+# ranges rule out would not fail later but silently train wrongly: a negative clip_grad flips the gradients.
+RANGES = {
+    "epochs": _AT_LEAST_1, "warmup_epochs": _NON_NEGATIVE, "batch_size": _AT_LEAST_1, "accum_steps": _AT_LEAST_1,
+    "lr": _POSITIVE, "lr_batch": _AT_LEAST_1, "min_lr": _NON_NEGATIVE, "weight_decay": _NON_NEGATIVE,
+    "betas": _FRACTION_BELOW_1, "eps": _POSITIVE, "layer_decay": _within(0, 1, open_low=True),
+    "clip_grad": _POSITIVE, "drop_path": _FRACTION_BELOW_1, "layer_scale_init": _NON_NEGATIVE,
+    "head_init_scale": _POSITIVE, "ema_decay": _FRACTION_BELOW_1, "res": _within(MIN_RES, math.inf),
+    "crop_pct": _within(0, 1, open_low=True), "mean": _within(-math.inf, math.inf), "std": _POSITIVE,
+    "crop_scale": _within(0, 1, open_low=True), "crop_ratio": _POSITIVE, "hflip": _FRACTION,
+    "randaug_n": _NON_NEGATIVE, "randaug_m": _within(0, 10), "randaug_mstd": _NON_NEGATIVE,
+    "color_jitter": _NON_NEGATIVE, "reprob": _FRACTION, "mixup": _NON_NEGATIVE, "cutmix": _NON_NEGATIVE,
+    "mixup_prob": _FRACTION, "mixup_switch_prob": _FRACTION, "smoothing": _FRACTION_BELOW_1,
+    "seed": _within(0, 2**31 - 1), "workers": _NON_NEGATIVE, "save_every": _NON_NEGATIVE,
+    "save_every_steps": _NON_NEGATIVE,
+}
+CHOICES = {"interpolation": INTERPOLATIONS, "lr_scaling": LR_SCALINGS}
+
+
 def _check(config: TrainConfig) -> None:
+    """Every setting of ``config`` of its field's type and in its valid range, or one ``UserError`` naming it."""
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(config):
-        value, default = getattr(config, f.name), f.default
-        kind = type(default) if default is not dataclasses.MISSING and default is not None else None
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            setattr(config, f.name, float(value))
-        elif kind is not None and value is not None and not isinstance(value, kind):
-            raise UserError(f"setting {f.name}={value!r}: expected a {kind.__name__}")
-    if config.batch_size < 1 or config.accum_steps < 1 or config.epochs < 1:
-        raise UserError("batch_size, accum_steps and epochs must be at least 1")
-    if config.lr_scaling not in ("linear", "sqrt", "none"):
-        raise UserError(f"lr_scaling must be linear, sqrt or none, got {config.lr_scaling!r}")
-    if not 0 < config.layer_decay <= 1:
-        raise UserError(f"layer_decay must be in (0, 1], got {config.layer_decay}")
+        value = _conform(f.name, getattr(config, f.name), hints[f.name])
+        setattr(config, f.name, value)
+        if value is None:
+            continue
+        if f.name in RANGES:
+            test, text = RANGES[f.name]
+            for v in value if isinstance(value, tuple) else (value,):
+                if not (math.isfinite(v) and test(v)):
+                    raise UserError(f"setting {f.name}={_shown(value)}: must be {text}")
+        if f.name in CHOICES and value not in CHOICES[f.name]:
+            raise UserError(f"setting {f.name}={value!r}: choose from {', '.join(CHOICES[f.name])}")
+    for name in ("crop_scale", "crop_ratio"):
+        low, high = getattr(config, name)
+        if low > high:
+            raise UserError(f"setting {name}={_shown(getattr(config, name))}: the smaller value comes first")
+    _check_model(config)
+
+
+def _shown(value) -> str:
+    return json.dumps(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def _check_model(config: TrainConfig) -> None:
+    """``model`` and ``model_args`` must build: tried on the meta device, which allocates nothing."""
+    if not all(isinstance(key, str) for key in config.model_args):
+        raise UserError(f"setting model_args={config.model_args!r}: keys must be argument names")
+    reserved = sorted({"num_classes", "drop_path_rate", "head_init_scale", "layer_scale_init_value"}
+                      & set(config.model_args))
+    if reserved:
+        raise UserError(f"setting model_args: {', '.join(reserved)} come from the run's own settings "
+                        "(the data's classes, drop_path, head_init_scale, layer_scale_init)")
+    try:
+        with torch.device("meta"):
+            build_model(config.model, num_classes=2, **config.model_args)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a builder given bad shapes fails in many ways
+        lines = str(err).strip().splitlines()
+        raise UserError(f"{config.model} cannot be built with model_args={json.dumps(config.model_args)}: "
+                        f"{lines[0] if lines else type(err).__name__}") from None
 
 
 def resolve_config(recipe: str = "in1k", settings: list[str] | tuple[str, ...] = (),

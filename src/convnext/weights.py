@@ -7,10 +7,13 @@ download/cache logic behind ``create_model(..., pretrained=True)``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import socket
+import urllib.error
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -21,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import UserError
+from .files import atomic_write
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -136,6 +140,30 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "") or os.environ.get("CONVNEXT_OFFLINE") == "1"
 
 
+NETWORK_TIMEOUT = 20  # seconds a connection or a read may stall before a download counts as failed
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """torch.hub opens URLs without a timeout; a black-holed network would hang for minutes."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _unreachable(err: BaseException) -> bool:
+    """The server was not reached at all (no DNS, no route, refused, timed out), as opposed to an answer
+    from it (HTTP 404, a bad file)."""
+    if isinstance(err, urllib.error.HTTPError):
+        return False
+    if isinstance(err, urllib.error.URLError):
+        err = err.reason if isinstance(err.reason, BaseException) else err
+    return isinstance(err, OSError | TimeoutError) and not isinstance(err, FileNotFoundError | PermissionError)
+
+
 def cached_weights_path(entry: PretrainedWeights) -> Path:
     """Where the official file lives in torch.hub's cache (``$TORCH_HOME/hub/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / entry.file
@@ -154,14 +182,19 @@ def download_weights(entry: PretrainedWeights) -> Path:
             if isinstance(cached, str):
                 return Path(cached)
     failures = []
+    try_hub = entry.hf_hub_id is not None
     if not _offline():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(entry.url, str(path), progress=True)  # temp file, then rename
+            with _socket_timeout(NETWORK_TIMEOUT):
+                torch.hub.download_url_to_file(entry.url, str(path), progress=True)  # temp file, then rename
             return path
         except Exception as err:  # noqa: BLE001 - any network failure falls through to the next source
             failures.append(f"{entry.url}: {err}")
-        if entry.hf_hub_id:
+            if _unreachable(err):  # no network at all: the Hugging Face client would retry for ~45 s
+                failures.append("no network, so the Hugging Face Hub was not tried")
+                try_hub = False
+        if try_hub:
             from huggingface_hub import hf_hub_download
 
             try:
@@ -219,16 +252,27 @@ def read_checkpoint_file(path: Path) -> Mapping:
         path = found[0]
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
         with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(err)}") from None
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}): {str(err).splitlines()[0]}. "
+        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}): {first_line(err)}. "
                         "Only tensors are read from pickles (weights_only=True).") from None
+    if not isinstance(data, Mapping):
+        raise UserError(f"cannot read checkpoint {path}: it holds a {type(data).__name__}, not named tensors")
+    return data
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type when the message is empty."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _strip_prefixes(key: str) -> str:
@@ -378,11 +422,7 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.P
     """Write weights (official key names) as safetensors, atomically: a temporary file, then a rename."""
     state_dict = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp, metadata=dict(metadata or {}))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -1,0 +1,76 @@
+"""Where this process runs: one CPU, one GPU, or one of many processes under ``torchrun``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import UserError
+
+
+@dataclass
+class Runtime:
+    """Where this process runs: its device, its rank among ``world_size`` processes."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # this run started the process group, so it ends it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_agree(self, ok: bool) -> bool:
+        """Whether ``ok`` holds on every process: lets all ranks stop together when one of them must."""
+        if self.world_size == 1:
+            return ok
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """Join the process group torchrun describes (WORLD_SIZE/RANK/LOCAL_RANK), NCCL on GPUs, gloo on CPUs."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda":
+        device = f"cuda:{local_rank}"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"bad device {device!r}: {err}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda asked for, but no CUDA device is available")
+        torch.cuda.set_device(dev)
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Runtime(dev, rank, dist.get_world_size() if dist.is_initialized() else 1, local_rank, owns_group)
+
+
+def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the device has it, fp16 (with loss scaling) on older GPUs, None without ``amp``."""
+    if not amp:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+def usable_workers(requested: int, processes_per_machine: int = 1) -> int:
+    """DataLoader workers capped at this process's share of the CPU cores it may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(requested, max(1, cores // processes_per_machine))

@@ -1,0 +1,137 @@
+"""Writing files so that a crash, a full disk or a refused folder never costs the file that was there.
+
+Every file this package writes (run checkpoints, metrics, exported models, weights) goes through
+``atomic_write``: the new content goes to a temporary file in the same folder, is flushed to the disk, takes the
+permissions the user's umask gives new files, and only then replaces the target in one ``os.replace``. On any
+failure the temporary file is removed and the old target is untouched; a full disk or a folder we may not write
+in becomes one ``UserError`` line naming the folder. It sits below every other module (it imports none), so
+``weights``, ``export`` and the training engine all use this one copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from .errors import UserError
+
+TEMP_SUFFIX = ".tmp"
+# A writer that failed while less than this was free on its disk most likely ran out of space: torch.save and
+# others report a short write as a RuntimeError that has lost the errno.
+_NEARLY_FULL = 1 << 20
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def temp_path(path: Path) -> Path:
+    """The temporary file for ``path``: hidden, beside it, unique to this process, ending in ``path``'s own
+    suffix (some writers pick the format from it): ``.last.pt.4242.tmp.pt``."""
+    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}{path.suffix}")
+
+
+_TEMP_NAME = re.compile(r"^\..+\.\d+\.tmp(\.[^.]*)?$")
+
+
+def is_temp(path: Path) -> bool:
+    """Whether ``path`` is a temporary file ``atomic_write`` left (after a ``kill -9``)."""
+    return bool(_TEMP_NAME.match(path.name))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_problem(path: Path, err: BaseException, free: int | None = None) -> UserError | None:
+    """The one-line error for a failed write, or None when the failure is not about the disk or the folder."""
+    folder = path.parent
+    code = getattr(err, "errno", None)
+    if code in _DISK_FULL or (code is None and free is not None and free < _NEARLY_FULL):
+        return UserError(f"cannot write {path}: the disk holding {folder} is full ({free_text(folder)}); "
+                         "free some space and rerun the same command")
+    if code in _REFUSED:
+        reason = "the file system is read-only" if code == errno.EROFS else "permission denied"
+        return UserError(f"cannot write in {folder}: {reason}; choose a folder you can write in")
+    if code == errno.EISDIR or path.is_dir():
+        return UserError(f"cannot write {path}: it is a folder; name a file")
+    if code == errno.ENOENT and not folder.is_dir():
+        return UserError(f"cannot write {path}: the folder {folder} does not exist")
+    return None
+
+
+def free_text(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB free"
+    except OSError:
+        return "free space unknown"
+
+
+def _free(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path to write; when the block succeeds it becomes ``path`` (synced, umask permissions),
+    when it fails it is removed and ``path`` keeps its old content."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; name a file")
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers create 0600 files; ours follow the umask
+        _fsync(tmp)
+        os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # the rename itself is durable once the folder is synced
+            _fsync(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (OSError, RuntimeError) as err:
+        free = _free(path.parent) if tmp.exists() else None  # measured before the partial file is removed
+        problem = write_problem(path, err, free)
+        if problem is None:
+            raise
+        raise problem from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call ``write(temporary_path)``, then move the result to ``path`` atomically (see ``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete temporary files a killed writer left in ``folder``; call it only while holding the folder's lock
+    (``engine.checkpoints.RunLock``), when no other writer can be at work there."""
+    removed = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        if is_temp(entry) and entry.is_file():
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                removed.append(entry)
+    return removed
