@@ -6,7 +6,7 @@ import torch
 
 import convnext.weights as weights
 from convnext import UserError, create_model, load_checkpoint, save_weights
-from convnext.models import ConvNeXt
+from convnext.models import ConvNeXt, ConvNeXtFeatures
 from convnext.weights import PretrainedWeights, convert_state_dict, detect_layout, get_pretrained, read_metadata
 
 DEPTHS, DIMS = (1, 1, 2, 1), (8, 16, 24, 32)
@@ -181,7 +181,7 @@ def test_mismatch_is_one_readable_error():
 
 def test_features_only_backbone_loads_classifier_checkpoint():
     reference = randomized(small_model())
-    backbone = ConvNeXt(depths=DEPTHS, dims=DIMS, features_only=True)
+    backbone = ConvNeXtFeatures(depths=DEPTHS, dims=DIMS)
     load_checkpoint(backbone, reference.state_dict())
     assert torch.equal(backbone.stages[3][0].dwconv.weight, reference.stages[3][0].dwconv.weight)
     assert backbone.norm0.weight.eq(1).all()
