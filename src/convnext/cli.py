@@ -203,7 +203,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--classes", metavar="FILE", help="class names, one per line in index order (default: "
-                   "ImageNet names for 1000/21841-class heads, else class indices)")
+                   "the names of released weights' label set, else class indices)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_predict)
@@ -227,7 +227,7 @@ def _predict(args: argparse.Namespace) -> int:
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained).fuse_for_inference()
     model.to(device)
     cfg = model.pretrained_cfg
-    labels = class_labels(model.num_classes, args.classes, cfg.get("label_names"))
+    labels = class_labels(model.num_classes, args.classes, cfg.get("label_names"), cfg.get("label_set"))
     weights = args.checkpoint or f"pretrained {cfg.get('tag', args.pretrained)}"
     if not args.json:
         print(f"{args.model} ({weights}) | {cfg['input_size'][-1]}px, crop {cfg['crop_pct']}, "
