@@ -339,8 +339,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile every implementation (optionally a mode, e.g. max-autotune)")
     p.add_argument("--train", action="store_true", help="time training steps (forward, backward, AdamW) "
                    "instead of inference")
-    p.add_argument("--peers", default=",".join(benchmark.PEERS),
-                   help="comma-separated peers, or none (default hf,timm,torchvision; absent ones are skipped)")
+    p.add_argument("--peers", default=",".join(benchmark.PEERS + benchmark.RUNTIMES),
+                   help="comma-separated peers, or none (default hf,timm,torchvision,onnxruntime,openvino: the "
+                   "last two run our exported ONNX graph; absent ones are skipped)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per implementation (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
