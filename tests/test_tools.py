@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from convnext import Pointwise, as_linears, create_model, fuse
-from convnext.kernels import DepthwiseConv2dFunction
 from convnext.models import Block, ConvNeXt
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -118,13 +117,6 @@ def test_fused_gelu_op_passes_torch_library_opcheck():
     torch.library.opcheck(torch.ops.convnext.conv1x1_gelu, (x, weight, bias),
                           test_utils=("test_schema", "test_faketensor"))
     torch.testing.assert_close(torch.ops.convnext.conv1x1_gelu(x, weight, bias), F.gelu(F.conv2d(x, weight, bias)))
-
-
-def test_depthwise_function_double_precision_gradcheck():
-    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, requires_grad=True)
-    weight = torch.randn(3, 1, 3, 3, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda *a: DepthwiseConv2dFunction.apply(*a, 1), (x, weight, bias))
 
 
 def test_models_are_channels_last_whatever_the_input_layout():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib.util
 import math
 import os
@@ -90,6 +91,7 @@ class _OnnxRunner(nn.Module):
         return torch.from_numpy(self.run(x.numpy()))
 
 
+@functools.cache  # one export serves every runtime
 def _our_onnx(name: str, res: int) -> str:
     import tempfile
 
