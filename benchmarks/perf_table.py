@@ -65,7 +65,26 @@ def child(args: argparse.Namespace) -> None:
     torch.backends.cuda.matmul.allow_tf32 = spec.pop("tf32", False)
     report = run_benchmark([spec.pop("model")], **spec, extra_peers={"official": official_layout}, clock=clock)
     report["settings"]["keep_freed_memory"] = kept
+    report["gemm_tflops"] = gemm_rate(spec.get("device", "cpu"), clock)
     print(json.dumps(report))
+
+
+def gemm_rate(device: str, clock, rounds: int = 5) -> float:
+    """TFLOP/s of the largest pointwise layer of ConvNeXt-T (stage 1, 96 -> 384 channels at 56x56, batch 32)
+    as a channels_last 1x1 convolution (oneDNN on CPUs), best of ``rounds``: the ceiling our rows approach."""
+    x = torch.randn(32, 96, 56, 56, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(384, 96, 1, 1, device=device)
+    flops = 2 * 32 * 56 * 56 * 96 * 384
+    best = float("inf")
+    with torch.inference_mode():
+        torch.nn.functional.conv2d(x, w)
+        for _ in range(rounds):
+            start = clock()
+            torch.nn.functional.conv2d(x, w)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, clock() - start)
+    return flops / best / 1e12
 
 
 def run_setting(spec: dict) -> dict:
@@ -93,6 +112,12 @@ def markdown(reports: list[tuple[str, dict]]) -> str:
             lines.append(f"| {title} | {'yes' if report['settings']['keep_freed_memory'] else 'no'} | {row['batch']} "
                          f"| {row['impl']} | {speed['median']:.2f} [{speed['min']:.2f} - {speed['max']:.2f}] | "
                          f"{row['tflops']:.3f} | {row['peak_mem_mb']:.0f} | {ratios} |")
+    lines += ["", "Fraction of the GEMM rate (`gemm_rate`: the largest pointwise layer alone, measured in the same "
+              "process) that our rows reach:", ""]
+    for title, report in reports:
+        ours = [f"{row['impl']} batch {row['batch']}: {row['tflops'] / report['gemm_tflops']:.0%}"
+                for row in report["results"] if "ratio" in row]
+        lines.append(f"- {title}: GEMM {report['gemm_tflops']:.3f} TFLOP/s; {', '.join(ours)}")
     if machine["gpu"]:
         lines.append(f"\nPaper (Table 12, A100, TF32): ConvNeXt-T {PAPER_A100_TINY} images/s.")
     return "\n".join(lines)

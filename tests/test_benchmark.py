@@ -51,6 +51,15 @@ def test_missing_peers_are_skipped_with_a_reason(capsys, monkeypatch):
     assert {r["impl"] for r in report["results"]} == {"convnext", "convnext-fused"}
 
 
+def test_runtimes_run_our_onnx_graph_in_inference_only(capsys):
+    pytest.importorskip("onnxruntime")
+    report = run_json(capsys, "--batch", "2", "--peers", "onnxruntime")
+    assert [r["impl"] for r in report["results"]] == ["convnext", "convnext-fused", "onnxruntime"]
+    assert report["results"][0]["ratio"]["onnxruntime"]["median"] > 0
+    report = run_json(capsys, "--batch", "2", "--peers", "onnxruntime", "--train")
+    assert report["skipped"] == {"convnext_atto/onnxruntime": "runs our ONNX graph: CPU float32 inference only"}
+
+
 def test_table_and_plot(capsys, tmp_path):
     plot = tmp_path / "throughput.png"
     assert main(["benchmark", *SMALL, "--model", "convnext_atto,convnext_femto", "--batch", "1", "--peers", "none",

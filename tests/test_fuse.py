@@ -58,24 +58,23 @@ def test_fuse_folds_norm_affine_and_layer_scale_and_leaves_the_original():
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN kernels are CPU + mkldnn only")
 def test_fused_block_runs_fewer_kernels():
     model = trained_looking("convnext_atto")
 
     def kernels(m):
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
             m.stages[2](torch.randn(1, 160, 4, 4).contiguous(memory_format=torch.channels_last))
-        return [e.name for e in prof.events() if e.name.startswith(("aten::", "mkldnn::"))]
+        return [e.name for e in prof.events() if e.name.startswith(("aten::", "convnext::"))]
 
     plain, fused = kernels(model), kernels(model.fuse_for_inference())
     blocks = model.depths[2]
-    # per block: the GELU inside the first 1x1 conv, the residual a plain add: no layer-scale multiply
-    assert fused.count("mkldnn::_convolution_pointwise") == plain.count("mkldnn::_convolution_pointwise") == 2 * blocks
-    assert fused.count("aten::add_") == plain.count("aten::addcmul") == blocks
-    assert not {"aten::addcmul", "aten::mul", "aten::gelu"} & set(fused)
+    # per block: the GELU inside the first 1x1 conv, the layer scale inside the second, the residual in place
+    assert fused.count("convnext::conv1x1_gelu") == plain.count("aten::gelu") == blocks
+    assert fused.count("aten::add_") == plain.count("aten::add") == blocks
+    assert not {"aten::gelu", "aten::mul", "aten::add"} & set(fused)
 
 
-def test_flop_counter_and_tracer_see_plain_ops_with_the_same_result():
+def test_flop_counter_and_tracer_see_the_fused_op_with_the_same_result():
     model = trained_looking("convnext_atto")
     fused = model.fuse_for_inference()
     with torch.no_grad():
@@ -87,7 +86,7 @@ def test_flop_counter_and_tracer_see_plain_ops_with_the_same_result():
         traced = torch.jit.trace(fused, X, check_trace=False)
     assert (seen - expected).abs().max() < 1e-5
     assert counted_fused.get_total_flops() == counted.get_total_flops() > 0
-    assert "mkldnn" not in str(traced.inlined_graph)
+    assert "convnext::conv1x1_gelu" in str(traced.inlined_graph)
     assert (traced(X) - expected).abs().max() < 1e-5
 
 
@@ -101,16 +100,15 @@ def test_fused_backbone_keeps_the_pyramid():
         assert got.shape == want.shape and (got - want).abs().max() < 1e-4
 
 
-def test_packed_weights_follow_in_place_changes_and_stay_out_of_the_state():
+def test_fused_model_follows_in_place_changes_and_pickles():
     fused = trained_looking("convnext_atto").fuse_for_inference()
     with torch.no_grad():
         before = fused(X)
-        fused.stages[2][0].pwconv2.weight.mul_(2)  # packed copies are stale now and must be redone
+        fused.stages[2][0].pwconv2.weight.mul_(2)
         after = fused(X)
-        with FlopCounterMode(display=False):  # the plain-op path uses the plain weights
-            plain = fused(X)
     assert (after - before).abs().max() > 1e-3
-    assert (after - plain).abs().max() < 1e-5
-    assert all(not t.is_mkldnn for t in fused.state_dict().values())
     buffer = io.BytesIO()
-    torch.save(copy.deepcopy(fused), buffer)  # packed (opaque) tensors would make both fail
+    torch.save(copy.deepcopy(fused), buffer)
+    buffer.seek(0)
+    with torch.no_grad():
+        assert torch.equal(torch.load(buffer, weights_only=False)(X), after)  # our own bytes, just written

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from convnext import UserError, create_model, list_models
+from convnext import UserError, check_input, create_model, list_models
 from convnext.complexity import count_macs_and_activations
-from convnext.models import Block, ConvNeXt, build_model, drop_path_rates
+from convnext.models import Block, ConvNeXt, ConvNeXtFeatures, build_model, drop_path_rates
 
 PARAMS = {
     "convnext_tiny": 28_589_128,
@@ -104,9 +104,13 @@ def test_forward_any_size_divisible_by_32():
 def test_wrong_input_shape_is_a_clear_error():
     model = tiny_net().eval()
     with pytest.raises(UserError, match=r"shape \(N, 3, H, W\)"):
-        model(torch.randn(1, 4, 64, 64))
+        check_input(model, torch.randn(1, 4, 64, 64))
     with pytest.raises(UserError, match="H, W >= 32"):
-        model(torch.randn(1, 3, 16, 16))
+        check_input(model, torch.randn(1, 3, 16, 16))
+    with pytest.raises(UserError, match="H, W >= 16"):
+        check_input(meta("convnext_isotropic_small"), torch.randn(1, 3, 8, 8))
+    check_input(model, torch.randn(1, 3, 32, 32))
+    assert issubclass(UserError, ValueError)
 
 
 def test_in_chans_and_num_classes():
@@ -131,6 +135,7 @@ def test_forward_features_head_and_reset_classifier():
 
 def test_features_only_pyramid():
     model = create_model("convnext_atto", features_only=True).eval()
+    assert isinstance(model, ConvNeXtFeatures) and model.feature_channels == [40, 80, 160, 320]
     maps = model(torch.randn(1, 3, 128, 128))
     assert [tuple(m.shape) for m in maps] == [(1, 40, 32, 32), (1, 80, 16, 16), (1, 160, 8, 8), (1, 320, 4, 4)]
     keys = model.state_dict().keys()
@@ -139,6 +144,18 @@ def test_features_only_pyramid():
     assert [m.shape[1] for m in two(torch.randn(1, 3, 64, 64))] == [80, 320]
     with pytest.raises(UserError):
         create_model("convnext_atto", features_only=True, out_indices=(4,))
+    with pytest.raises(UserError, match="hierarchical"):
+        create_model("convnext_isotropic_small", features_only=True)
+
+
+def test_classifier_gives_intermediates_and_keeps_its_logits():
+    model = tiny_net().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = model.forward_intermediates(x)
+        assert [tuple(m.shape) for m in maps] == [(2, 8, 16, 16), (2, 16, 8, 8), (2, 24, 4, 4), (2, 32, 2, 2)]
+        torch.testing.assert_close(model.forward_head(maps[-1]), model(x))
+        assert [m.shape[1] for m in model.forward_intermediates(x, (1,))] == [16]
 
 
 def test_grad_checkpointing_gives_same_result():
@@ -208,45 +225,15 @@ def test_unknown_model_and_bad_option():
 
 
 
-def official_block(block, x):
-    """The official block written out with plain ops: permute, LayerNorm, Linear, GELU, Linear, scale."""
-    F = torch.nn.functional
-    y = F.conv2d(x, block.dwconv.weight, block.dwconv.bias, padding=3, groups=x.shape[1]).permute(0, 2, 3, 1)
-    y = F.layer_norm(y, block.norm.normalized_shape, block.norm.weight, block.norm.bias, block.norm.eps)
-    y = block.pwconv2(F.gelu(block.pwconv1(y)))
-    return x + (block.gamma * y).permute(0, 3, 1, 2)
-
-
-def test_block_cpu_kernels_match_the_official_formula_forward_and_backward():
-    """Inference (oneDNN GELU post-op) and training (our conv backward) against plain autograd ops."""
-    torch.manual_seed(0)
-    block = Block(16, layer_scale_init_value=0.5)
-    with torch.no_grad():
-        block.norm.weight.uniform_(0.5, 1.5)
-        block.norm.bias.normal_(0, 0.2)
-        block.pwconv1.bias.normal_(0, 0.2)
-    x = torch.randn(4, 16, 9, 9).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        assert (block(x) - official_block(block, x)).abs().max() < 1e-5
-    grads = []
-    for forward in (block, lambda t: official_block(block, t)):
-        xi = x.clone().requires_grad_()
-        block.zero_grad()
-        forward(xi).square().sum().backward()
-        grads.append([xi.grad] + [p.grad.clone() for p in block.parameters()])
-    for ours, reference in zip(*grads, strict=True):
-        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
-
-
 def test_macs_of_a_real_model_under_no_grad_match_the_meta_count():
-    """FLOP counters see plain ops, never the hand-picked oneDNN kernels they cannot count."""
+    """FLOP counters see every convolution of the eager model."""
     model = create_model("convnext_atto").eval()
     with torch.no_grad():
         assert count_macs_and_activations(model, 64) == count_macs_and_activations(meta("convnext_atto"), 64)
 
 
 def test_torch_compile_traces_the_whole_model_in_one_graph():
-    """The hand-picked CPU kernels step aside under torch.compile: no graph breaks, training or inference."""
+    """torch.compile sees the whole model, depthwise backward included: no graph breaks."""
     model = create_model("convnext_atto")
     x = torch.randn(2, 3, 64, 64)
     assert torch._dynamo.explain(model)(x).graph_break_count == 0

@@ -26,13 +26,13 @@ def spread_model(num_classes=1000):
     model = create_model("convnext_atto", num_classes=num_classes).eval()
     with torch.no_grad():
         model.head.weight.mul_(10)
-    model.pretrained_cfg = data_config(RES)
+    model.pretrained_cfg = dict(data_config(RES), label_set="imagenet-1k")
     return model
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A 1000-class checkpoint that carries 64px preprocessing in its metadata."""
+    """A 1000-class checkpoint that carries 64px preprocessing and its label set in its metadata."""
     path = tmp_path_factory.mktemp("ckpt") / "atto.safetensors"
     export_safetensors(spread_model(), path)
     return path
@@ -146,7 +146,7 @@ def test_json_fields_and_topk_ordering(tmp_path, checkpoint, model, capsys):
     assert set(preds[0]) == {"rank", "index", "label", "probability", "id"}
     probs = [p["probability"] for p in preds]
     assert probs == sorted(probs, reverse=True) and probs[0] > probs[-1]
-    names = class_labels(1000)
+    names = class_labels(1000, label_set="imagenet-1k")
     assert all(p["label"] == names[p["index"]].name and p["id"] == names[p["index"]].id for p in preds)
     with torch.no_grad():
         full = model(eval_transform(model.pretrained_cfg)(Image.open(tmp_path / "a.png").convert("RGB"))[None])
@@ -182,13 +182,16 @@ def test_text_output_is_readable(tmp_path, checkpoint, capsys):
 
 
 def test_class_names():
-    in1k = class_labels(1000)
+    in1k = class_labels(1000, label_set="imagenet-1k")
     assert len(in1k) == 1000 and in1k[0] == ("tench", "n01440764") and in1k[999].name == "toilet tissue"
     assert len({label.id for label in in1k}) == 1000
-    in22k = class_labels(21841)
+    in22k = class_labels(21841, label_set="imagenet-22k")
     assert len(in22k) == 21841 and in22k[0] == ("organism", "n00004475")
     assert len({label.id for label in in1k} - {label.id for label in in22k}) == 1  # only "teddy" is not in 22K
     assert [label.name for label in class_labels(3)] == ["class 0", "class 1", "class 2"]
+    # a 1000-class head is not ImageNet unless its weights say so
+    assert class_labels(1000)[999] == ("class 999", None)
+    assert class_labels(1000, label_set="imagenet-22k")[0].name == "class 0"
 
 
 def test_own_classes_from_checkpoint_and_file(tmp_path, capsys):

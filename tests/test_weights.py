@@ -1,4 +1,6 @@
 import argparse
+import dataclasses
+import hashlib
 import re
 
 import pytest
@@ -6,7 +8,7 @@ import torch
 
 import convnext.weights as weights
 from convnext import UserError, create_model, load_checkpoint, save_weights
-from convnext.models import ConvNeXt
+from convnext.models import ConvNeXt, ConvNeXtFeatures
 from convnext.weights import PretrainedWeights, convert_state_dict, detect_layout, get_pretrained, read_metadata
 
 DEPTHS, DIMS = (1, 1, 2, 1), (8, 16, 24, 32)
@@ -181,7 +183,7 @@ def test_mismatch_is_one_readable_error():
 
 def test_features_only_backbone_loads_classifier_checkpoint():
     reference = randomized(small_model())
-    backbone = ConvNeXt(depths=DEPTHS, dims=DIMS, features_only=True)
+    backbone = ConvNeXtFeatures(depths=DEPTHS, dims=DIMS)
     load_checkpoint(backbone, reference.state_dict())
     assert torch.equal(backbone.stages[3][0].dwconv.weight, reference.stages[3][0].dwconv.weight)
     assert backbone.norm0.weight.eq(1).all()
@@ -223,6 +225,11 @@ def test_registry_tags():
     assert entry.url == "https://dl.fbaipublicfiles.com/convnext/convnext_base_22k_1k_384.pth"
     assert get_pretrained("convnext_tiny").tag == "in1k" and get_pretrained("convnext_tiny").top1 == 82.1
     assert get_pretrained("convnext_large", "in22k").num_classes == 21841
+    assert get_pretrained("convnext_large", "in22k").data_config["label_set"] == "imagenet-22k"
+    for entry in weights.PRETRAINED:  # explicit metadata, consistent with the official file names
+        assert (entry.res == 384) == ("_384" in entry.file) and entry.crop_pct == (1.0 if entry.res == 384 else 0.875)
+        assert (entry.label_set == "imagenet-22k") == (entry.tag == "in22k")
+        assert entry.sha256 is None or len(entry.sha256) == 64
     with pytest.raises(UserError, match="available"):
         get_pretrained("convnext_tiny", "in5k")
     with pytest.raises(UserError, match="no released weights"):
@@ -232,7 +239,8 @@ def test_registry_tags():
 @pytest.fixture
 def fake_registry(monkeypatch, tmp_path):
     """A released-weights entry for convnext_atto, with torch.hub and HF caches in tmp_path, offline."""
-    entry = PretrainedWeights("convnext_atto", "test", "atto_test.pth", 50.0, "someone/convnext-atto")
+    entry = PretrainedWeights("convnext_atto", "test", "atto_test.pth", 50.0, 224, 0.875, "imagenet-1k",
+                              "someone/convnext-atto")
     monkeypatch.setattr(weights, "PRETRAINED", [entry])
     torch_hub = tmp_path / "torch_hub"
     monkeypatch.setattr(torch.hub, "_hub_dir", str(torch_hub))
@@ -278,6 +286,22 @@ def test_pretrained_loads_from_hugging_face_cache(fake_registry):
     model = create_model("convnext_atto", pretrained=True).eval()
     expected = hf(pixel_values=X).logits.detach()
     assert (logits(model, X) - expected).abs().max() < 1e-3  # HF's final LN eps is 1e-12, ours 1e-6
+
+
+def test_download_checks_the_sha256_when_known(fake_registry, monkeypatch, tmp_path):
+    entry, reference, torch_hub, _ = fake_registry
+    source = tmp_path / "served" / entry.file
+    source.parent.mkdir()
+    torch.save({"model": reference.state_dict()}, source)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(weights, "OFFICIAL_URL", source.parent.as_uri() + "/")  # file://: no network
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    bad = dataclasses.replace(entry, sha256="0" * 64, hf_hub_id=None)
+    with pytest.raises(UserError, match="invalid hash value"):
+        weights.download_weights(bad)
+    assert not (torch_hub / "checkpoints" / entry.file).exists()  # nothing unverified is left in the cache
+    good = dataclasses.replace(entry, sha256=digest)
+    assert weights.download_weights(good).read_bytes() == source.read_bytes()
 
 
 def test_convert_state_dict_keeps_official_keys():

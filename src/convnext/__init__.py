@@ -5,8 +5,18 @@ from .complexity import count_params, model_info
 from .errors import UserError
 from .evaluation import evaluate, evaluate_checkpoint
 from .fuse import fuse
+from .layers import LayerNorm2d, Pointwise, as_linears
 from .loading import load_model
-from .models import Block, ConvNeXt, ConvNeXtIsotropic, LayerNorm2d, build_model, create_model, list_models
+from .models import (
+    Block,
+    ConvNeXt,
+    ConvNeXtFeatures,
+    ConvNeXtIsotropic,
+    build_model,
+    check_input,
+    create_model,
+    list_models,
+)
 from .recipes import RECIPES, TrainConfig, resolve_config
 from .roadmap import STEPS as ROADMAP_STEPS  # importing roadmap registers the roadmap_* models
 from .roadmap import RoadmapConfig, RoadmapNet
@@ -19,13 +29,17 @@ __all__ = [
     "ROADMAP_STEPS",
     "Block",
     "ConvNeXt",
+    "ConvNeXtFeatures",
     "ConvNeXtIsotropic",
     "LayerNorm2d",
+    "Pointwise",
     "RoadmapConfig",
     "RoadmapNet",
     "TrainConfig",
     "UserError",
+    "as_linears",
     "build_model",
+    "check_input",
     "count_params",
     "create_model",
     "evaluate",

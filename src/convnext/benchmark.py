@@ -3,13 +3,15 @@
 Every implementation gets the same input, warm-up and settings; the timed rounds then take turns (ours,
 peer, ours, peer, ...) so that drift in machine load hits all alike, and each ratio to a peer is the median
 of the per-round ratios. Peers: Hugging Face transformers, timm and torchvision, each when it imports and
-has the architecture; scripts may add their own (``extra_peers``).
+has the architecture, and for CPU float32 inference ONNX Runtime and OpenVINO running the ONNX graph that
+`convnext export` writes for our model; scripts may add their own (``extra_peers``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import importlib.util
 import math
 import os
@@ -27,6 +29,7 @@ from .errors import UserError
 from .models import ConvNeXt, build_model
 
 PEERS = ("hf", "timm", "torchvision")
+RUNTIMES = ("onnxruntime", "openvino")
 OURS = ("convnext", "convnext-fused")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 ROUND_SECONDS = 0.5  # a timed round repeats the step until it lasts about this long
@@ -77,8 +80,55 @@ def _torchvision(name: str) -> nn.Module | str:
     return torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES)
 
 
+class _OnnxRunner(nn.Module):
+    """Our exported ONNX graph (fused, as `convnext export` writes it) in another runtime, called like a model."""
+
+    def __init__(self, run: Callable):
+        super().__init__()
+        self.run = run
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(x.numpy()))
+
+
+@functools.cache  # one export serves every runtime
+def _our_onnx(name: str, res: int) -> str:
+    import tempfile
+
+    from .export import export_onnx
+
+    model = build_model(name, num_classes=NUM_CLASSES).eval()
+    path = os.path.join(tempfile.mkdtemp(prefix="convnext-bench-"), f"{name}.onnx")
+    return str(export_onnx(model.fuse_for_inference(), path, res=res))
+
+
+def _onnxruntime(name: str, res: int) -> nn.Module | str:
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
+        return "onnxruntime or onnxscript is not installed"
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(_our_onnx(name, res), options, providers=["CPUExecutionProvider"])
+    return _OnnxRunner(lambda x: session.run(None, {"images": x})[0])
+
+
+def _openvino(name: str, res: int) -> nn.Module | str:
+    if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("onnxscript") is None:
+        return "openvino or onnxscript is not installed"
+    import openvino
+
+    core = openvino.Core()
+    compiled = core.compile_model(_our_onnx(name, res), "CPU",
+                                  {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"})
+    return _OnnxRunner(lambda x: compiled(x)[0])
+
+
 PEER_BUILDERS: dict[str, Callable[[str], nn.Module | str]] = {"hf": _hf, "timm": _timm,
                                                                 "torchvision": _torchvision}
+# Runtimes that run our own exported graph: CPU float32 inference only.
+RUNTIME_BUILDERS: dict[str, Callable[[str, int], nn.Module | str]] = {"onnxruntime": _onnxruntime,
+                                                                      "openvino": _openvino}
 
 
 def _meta(name: str) -> nn.Module:
@@ -193,12 +243,13 @@ def _spread(values: Sequence[float]) -> dict:
 
 
 def _contenders(name: str, peers: Sequence[str], extra_peers: dict[str, Callable[[str], nn.Module | str]],
-                train: bool, skipped: dict[str, str]) -> dict[str, nn.Module]:
+                train: bool, runtimes: Sequence[str], res: int, skipped: dict[str, str]) -> dict[str, nn.Module]:
     ours = build_model(name, num_classes=NUM_CLASSES)
     models = {"convnext": ours}
     if not train:
         models["convnext-fused"] = ours.fuse_for_inference()
     builders = {peer: PEER_BUILDERS[peer] for peer in peers} | extra_peers
+    builders |= {runtime: (lambda n, build=RUNTIME_BUILDERS[runtime]: build(n, res)) for runtime in runtimes}
     for peer, builder in builders.items():
         built = builder(name)
         if isinstance(built, str):
@@ -224,7 +275,7 @@ def run_benchmark(
     res: int = 224,
     dtype: str = "fp32",
     train: bool = False,
-    peers: Sequence[str] = PEERS,
+    peers: Sequence[str] = PEERS + RUNTIMES,
     channels_last: bool = False,
     compile_mode: str | None = None,
     rounds: int = 5,
@@ -250,9 +301,9 @@ def run_benchmark(
         raise UserError(f"need at least one round and a non-negative warm-up, got {rounds} and {warmup}")
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    unknown = [p for p in peers if p not in PEER_BUILDERS]
+    unknown = [p for p in peers if p not in PEER_BUILDERS and p not in RUNTIME_BUILDERS]
     if unknown:
-        raise UserError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS)}")
+        raise UserError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS + RUNTIMES)}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but PyTorch sees no CUDA device here")
@@ -264,8 +315,14 @@ def run_benchmark(
     for name in models:
         info = model_info(_meta(name), res)
         flops_per_image = 2 * info["gmacs"] * 1e9 * (3 if train else 1)
-        contenders = {impl: _prepare(m, device, channels_last, compile_mode)
-                      for impl, m in _contenders(name, peers, extra_peers or {}, train, report["skipped"]).items()}
+        runtimes = [r for r in peers if r in RUNTIME_BUILDERS]
+        if runtimes and (train or device.type != "cpu" or dtype != "fp32" or compile_mode):
+            report["skipped"] |= {f"{name}/{r}": "runs our ONNX graph: CPU float32 inference only" for r in runtimes}
+            runtimes = []
+        built = _contenders(name, [p for p in peers if p in PEER_BUILDERS], extra_peers or {}, train, runtimes, res,
+                            report["skipped"])
+        contenders = {impl: m if impl in RUNTIME_BUILDERS else _prepare(m, device, channels_last, compile_mode)
+                      for impl, m in built.items()}
         for batch in batches:
             x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device)
             if channels_last:

@@ -208,7 +208,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--classes", metavar="FILE", help="class names, one per line in index order (default: "
-                   "ImageNet names for 1000/21841-class heads, else class indices)")
+                   "the names of released weights' label set, else class indices)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_predict)
@@ -232,7 +232,7 @@ def _predict(args: argparse.Namespace) -> int:
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained).fuse_for_inference()
     model.to(device)
     cfg = model.pretrained_cfg
-    labels = class_labels(model.num_classes, args.classes, cfg.get("label_names"))
+    labels = class_labels(model.num_classes, args.classes, cfg.get("label_names"), cfg.get("label_set"))
     weights = args.checkpoint or f"pretrained {cfg.get('tag', args.pretrained)}"
     if not args.json:
         print(f"{model.model_name} ({weights}) | {cfg['input_size'][-1]}px, crop {cfg['crop_pct']}, "
@@ -344,8 +344,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile every implementation (optionally a mode, e.g. max-autotune)")
     p.add_argument("--train", action="store_true", help="time training steps (forward, backward, AdamW) "
                    "instead of inference")
-    p.add_argument("--peers", default=",".join(benchmark.PEERS),
-                   help="comma-separated peers, or none (default hf,timm,torchvision; absent ones are skipped)")
+    p.add_argument("--peers", default=",".join(benchmark.PEERS + benchmark.RUNTIMES),
+                   help="comma-separated peers, or none (default hf,timm,torchvision,onnxruntime,openvino: the "
+                   "last two run our exported ONNX graph; absent ones are skipped)")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds per implementation (default 5)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")

@@ -13,6 +13,7 @@ node (``stash_type=1``: mean and variance in float32 even for float16 inputs; Te
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import logging
@@ -27,7 +28,10 @@ from torch import nn
 
 from .errors import UserError
 from .files import atomic_path
+from .kernels import DECOMPOSITIONS
+from .layers import as_plain_convs
 from .loading import load_model
+from .models import check_input
 from .weights import data_config, save_weights
 
 FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
@@ -52,7 +56,9 @@ def example_input(model: nn.Module, batch: int = 2, res: int | None = None) -> t
     size = res or _config(model)["input_size"][-1]
     generator = torch.Generator().manual_seed(0)
     device = next(model.parameters()).device
-    return torch.randn(batch, model.in_chans, size, size, generator=generator).to(device)
+    x = torch.randn(batch, model.in_chans, size, size, generator=generator).to(device)
+    check_input(model, x)
+    return x
 
 
 def export_metadata(model: nn.Module) -> dict[str, str]:
@@ -78,8 +84,19 @@ def _batch_axis() -> tuple[dict[int, torch.export.Dim]]:
 
 
 def export_program(model: nn.Module, *, res: int | None = None) -> torch.export.ExportedProgram:
-    """The model as a ``torch.export`` program with a dynamic batch axis (for AOTInductor, ExecuTorch, ...)."""
-    return torch.export.export(model.eval(), (example_input(model, 2, res),), dynamic_shapes=_batch_axis())
+    """The model as a ``torch.export`` program with a dynamic batch axis (for AOTInductor, ExecuTorch, ...),
+    in plain ATen ops: our custom op is decomposed, so loading the program does not need this package."""
+    program = torch.export.export(model.eval(), (example_input(model, 2, res),), dynamic_shapes=_batch_axis())
+    return program.run_decompositions(DECOMPOSITIONS)
+
+
+def _name_batch_axis(graph) -> None:
+    """Call the exported program's batch symbol (``s77`` or so) "batch" wherever the ONNX graph has it."""
+    symbol = str(graph.inputs[0].shape[0])
+    values = [*graph.inputs, *graph.outputs, *(v for node in graph.all_nodes() for v in node.outputs)]
+    for value in values:
+        if value.shape is not None and symbol in map(str, value.shape):
+            value.shape = type(value.shape)(["batch" if str(d) == symbol else d for d in value.shape])
 
 
 def save_program(model: nn.Module, path: str | os.PathLike, *, res: int | None = None) -> Path:
@@ -103,11 +120,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, res: int | None = 
         raise UserError(f"opset {opset} has no LayerNormalization op; use {MIN_ONNX_OPSET} or later")
     with warnings.catch_warnings(), _quiet("torch.onnx"):
         warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations, not ours
-        program = torch.onnx.export(model.eval(), (example_input(model, 2, res),), dynamo=True,
-                                    dynamic_shapes=_batch_axis(), opset_version=opset, input_names=["images"],
-                                    output_names=["logits"], verbose=False)
+        program = torch.onnx.export(export_program(model, res=res), dynamo=True, opset_version=opset,
+                                    input_names=["images"], output_names=["logits"], verbose=False)
     for node in program.model.graph.all_nodes():
         node.metadata_props.clear()  # the exporter's debug notes: stack traces with this machine's paths
+    _name_batch_axis(program.model.graph)
     program.model.metadata_props.update(export_metadata(model))
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
@@ -152,7 +169,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, res: int | 
                        script: bool = False) -> Path:
     """A TorchScript archive, traced (default) or scripted, with :func:`export_metadata` as
     ``convnext.json``. PyTorch has deprecated TorchScript; prefer ONNX or ``torch.export`` (pt2)."""
-    model.eval()
+    model = as_plain_convs(copy.deepcopy(model).eval())  # the caller's model keeps its own layers
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the user asked for TorchScript by name
         if script:

@@ -18,10 +18,11 @@ from torch import nn
 
 from .data import IMAGE_EXTENSIONS, eval_transform, load_image
 from .errors import UserError
+from .weights import LABEL_SETS
 
 _DATA = Path(__file__).parent / "data"
-# Class counts of the released heads whose names ship with the package (see data/IMAGENET_CLASSES_SOURCE.md).
-_IMAGENET_FILES = {1000: "imagenet_classes.txt", 21841: "imagenet22k_classes.txt.gz"}
+# Names of the label sets of released heads, shipped with the package (see data/IMAGENET_CLASSES_SOURCE.md).
+_LABEL_FILES = {"imagenet-1k": "imagenet_classes.txt", "imagenet-22k": "imagenet22k_classes.txt.gz"}
 
 
 class ClassLabel(NamedTuple):
@@ -56,9 +57,10 @@ def read_labels(path: str | os.PathLike) -> list[ClassLabel]:
 
 
 def class_labels(num_classes: int, classes_file: str | os.PathLike | None = None,
-                 label_names: Sequence[str] | None = None) -> list[ClassLabel]:
+                 label_names: Sequence[str] | None = None, label_set: str | None = None) -> list[ClassLabel]:
     """Names for a head of ``num_classes``: from ``classes_file``, else the ``label_names`` a checkpoint
-    carries, else ImageNet-1K/22K names for heads of those sizes, else "class i"."""
+    carries, else the packaged names of the weights' ``label_set`` (``"imagenet-1k"``, ``"imagenet-22k"``),
+    else "class i". A head's size alone never picks names: a 1000-class fine-tune is not ImageNet."""
     if classes_file is not None:
         labels = read_labels(classes_file)
         if len(labels) != num_classes:
@@ -66,10 +68,10 @@ def class_labels(num_classes: int, classes_file: str | os.PathLike | None = None
         return labels
     if label_names is not None and len(label_names) == num_classes:
         return [ClassLabel(str(name)) for name in label_names]
-    if num_classes in _IMAGENET_FILES:
+    if label_set in _LABEL_FILES and LABEL_SETS[label_set] == num_classes:
         # WordNet lemmas: the first one is the everyday name ("tench, Tinca tinca" -> "tench").
         return [ClassLabel(label.name.split(", ")[0], label.id)
-                for label in read_labels(_DATA / _IMAGENET_FILES[num_classes])]
+                for label in read_labels(_DATA / _LABEL_FILES[label_set])]
     return [ClassLabel(f"class {i}") for i in range(num_classes)]
 
 

@@ -45,20 +45,13 @@ from dataclasses import dataclass, fields, replace
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .complexity import count_macs_and_activations, count_params
 from .errors import UserError
-from .models import (
-    LN_EPS,
-    Block,
-    DropPath,
-    LayerNorm2d,
-    _Classifier,
-    drop_path_rates,
-    pointwise,
-    register_model,
-)
+from .layers import DropPath, LayerNorm2d
+from .models import LN_EPS, Block, _ClassifierHead, _Net, drop_path_rates, register_model
 
 EXPANSION = 4
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
@@ -109,11 +102,15 @@ def _bias(config: RoadmapConfig, before_norm: bool) -> bool:
     return not (before_norm and config.norm == "batch")
 
 
+def _pointwise(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    return F.conv2d(x, linear.weight[:, :, None, None], linear.bias)
+
+
 class RoadmapBlock(nn.Module):
     """A residual block of any roadmap step: two 1x1 layers and a spatial conv, in either order.
 
-    ``in_dim`` -> ``out_dim`` with ``stride``; the 1x1 layers are ``nn.Linear`` run by `pointwise`, as in
-    `Block`, so the names and shapes of the last steps are ConvNeXt's.
+    ``in_dim`` -> ``out_dim`` with ``stride``; the 1x1 layers are ``nn.Linear`` parameters run as 1x1 convolutions
+    on NCHW (`_pointwise`), so the names and shapes of the last steps are ConvNeXt's.
     """
 
     def __init__(self, config: RoadmapConfig, in_dim: int, out_dim: int, hidden: int, stride: int = 1,
@@ -144,18 +141,20 @@ class RoadmapBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dwconv_first:
             y = self.dwconv_act(self.norm(self.dwconv(x)))
-            y = self.act(self.norm1(pointwise(y, self.pwconv1)))
+            y = self.act(self.norm1(_pointwise(y, self.pwconv1)))
         else:
-            y = self.act(self.norm1(pointwise(x, self.pwconv1)))
+            y = self.act(self.norm1(_pointwise(x, self.pwconv1)))
             y = self.dwconv_act(self.norm(self.dwconv(y)))
-        y = self.norm2(pointwise(y, self.pwconv2))
+        y = self.norm2(_pointwise(y, self.pwconv2))
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
         return self.out_act(self.shortcut(x) + self.drop_path(y))
 
 
-class RoadmapNet(_Classifier):
+class RoadmapNet(_ClassifierHead, _Net):
     """A four-stage network anywhere on the road from ResNet-50 to ConvNeXt-T (see `RoadmapConfig`)."""
+
+    stride = 32
 
     def __init__(self, config: RoadmapConfig | None = None, in_chans: int = 3, num_classes: int = 1000,
                  drop_path_rate: float = 0.0, head_init_scale: float = 1.0):
@@ -182,9 +181,11 @@ class RoadmapNet(_Classifier):
             blocks += [self._block(c, width, width, hidden[i], 1, rates.pop(0)) for _ in range(depth - 1)]
             self.stages.append(nn.Sequential(*blocks))
             in_dim = width
-        self._init_head(num_classes, head_init_scale)
+        self._init_head(num_classes)
         if not c.separate_downsampling:
             self.norm = nn.Identity()  # ResNet pools straight into the classifier
+        self._finish()
+        self._scale_head(head_init_scale)
 
     @staticmethod
     def _stem(c: RoadmapConfig, in_chans: int) -> nn.Sequential:
@@ -210,7 +211,6 @@ class RoadmapNet(_Classifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's NCHW feature map (stride 32), before pooling."""
-        x = self._check_input(x, 32)
         for downsample, stage in zip(self.downsample_layers, self.stages, strict=True):
             x = self._run(stage, downsample(x))
         return x

@@ -42,17 +42,28 @@ def data_config(res: int = 224) -> dict:
     )
 
 
+# The label sets released heads are trained on; their names ship with the package (convnext/data/).
+LABEL_SETS = {"imagenet-1k": 1000, "imagenet-22k": 21841}
+
+
 @dataclass(frozen=True)
 class PretrainedWeights:
-    """One released checkpoint: where it lives and what it scores (ImageNet-1K top-1, from the README)."""
+    """One released checkpoint, described explicitly: file, evaluation resolution and crop, the label set of
+    its head, its ImageNet-1K top-1 (official README) and, where we have one, the file's sha256."""
 
     model: str
     tag: str
     file: str
     top1: float | None
+    res: int
+    crop_pct: float
+    label_set: str  # a key of LABEL_SETS: which names the head's outputs carry
     hf_hub_id: str | None = None
-    res: int = 224
-    num_classes: int = 1000
+    sha256: str | None = None  # None: not verified by us yet, so downloads are not hash-checked
+
+    @property
+    def num_classes(self) -> int:
+        return LABEL_SETS[self.label_set]
 
     @property
     def url(self) -> str:
@@ -60,61 +71,63 @@ class PretrainedWeights:
 
     @property
     def data_config(self) -> dict:
-        return data_config(self.res)
+        return dict(data_config(self.res), crop_pct=self.crop_pct, label_set=self.label_set)
+
+
+IN1K, IN22K = "imagenet-1k", "imagenet-22k"
+_AT_224, _AT_384 = (224, 0.875), (384, 1.0)  # the paper's evaluation: crop 0.875 at 224, none at 384
 
 
 def _weights(model: str, rows: list[tuple]) -> list[PretrainedWeights]:
-    out = []
-    for tag, file, top1, hub_id in rows:
-        res = 384 if tag.endswith("_384") else 224
-        classes = 21841 if tag == "in22k" else 1000
-        out.append(PretrainedWeights(model, tag, file, top1, hub_id, res, classes))
-    return out
+    return [PretrainedWeights(model, tag, file, top1, res, crop, labels, hub)
+            for tag, file, top1, (res, crop), labels, hub in rows]
 
 
 def _fb(size: str, suffix: str) -> str:
     return f"facebook/convnext-{size}-{suffix}"
 
 
-# The official tables (README of facebookresearch/ConvNeXt). The first tag of a model is its default.
+# The official tables (README of facebookresearch/ConvNeXt). The first tag of a model is its default. No
+# sha256 yet: the project has not downloaded and hashed these files on a trusted connection.
 PRETRAINED: list[PretrainedWeights] = [
     *_weights("convnext_tiny", [
-        ("in1k", "convnext_tiny_1k_224_ema.pth", 82.1, _fb("tiny", "224")),
-        ("in1k_noema", "convnext_tiny_1k_224.pth", None, None),
-        ("in22k", "convnext_tiny_22k_224.pth", None, None),
-        ("in22k_ft_in1k", "convnext_tiny_22k_1k_224.pth", 82.9, None),
-        ("in22k_ft_in1k_384", "convnext_tiny_22k_1k_384.pth", 84.1, None),
+        ("in1k", "convnext_tiny_1k_224_ema.pth", 82.1, _AT_224, IN1K, _fb("tiny", "224")),
+        ("in1k_noema", "convnext_tiny_1k_224.pth", None, _AT_224, IN1K, None),
+        ("in22k", "convnext_tiny_22k_224.pth", None, _AT_224, IN22K, None),
+        ("in22k_ft_in1k", "convnext_tiny_22k_1k_224.pth", 82.9, _AT_224, IN1K, None),
+        ("in22k_ft_in1k_384", "convnext_tiny_22k_1k_384.pth", 84.1, _AT_384, IN1K, None),
     ]),
     *_weights("convnext_small", [
-        ("in1k", "convnext_small_1k_224_ema.pth", 83.1, _fb("small", "224")),
-        ("in1k_noema", "convnext_small_1k_224.pth", None, None),
-        ("in22k", "convnext_small_22k_224.pth", None, None),
-        ("in22k_ft_in1k", "convnext_small_22k_1k_224.pth", 84.6, None),
-        ("in22k_ft_in1k_384", "convnext_small_22k_1k_384.pth", 85.8, None),
+        ("in1k", "convnext_small_1k_224_ema.pth", 83.1, _AT_224, IN1K, _fb("small", "224")),
+        ("in1k_noema", "convnext_small_1k_224.pth", None, _AT_224, IN1K, None),
+        ("in22k", "convnext_small_22k_224.pth", None, _AT_224, IN22K, None),
+        ("in22k_ft_in1k", "convnext_small_22k_1k_224.pth", 84.6, _AT_224, IN1K, None),
+        ("in22k_ft_in1k_384", "convnext_small_22k_1k_384.pth", 85.8, _AT_384, IN1K, None),
     ]),
     *_weights("convnext_base", [
-        ("in1k", "convnext_base_1k_224_ema.pth", 83.8, _fb("base", "224")),
-        ("in1k_noema", "convnext_base_1k_224.pth", None, None),
-        ("in1k_384", "convnext_base_1k_384.pth", 85.1, _fb("base", "384")),
-        ("in22k", "convnext_base_22k_224.pth", None, _fb("base", "224-22k")),
-        ("in22k_ft_in1k", "convnext_base_22k_1k_224.pth", 85.8, _fb("base", "224-22k-1k")),
-        ("in22k_ft_in1k_384", "convnext_base_22k_1k_384.pth", 86.8, _fb("base", "384-22k-1k")),
+        ("in1k", "convnext_base_1k_224_ema.pth", 83.8, _AT_224, IN1K, _fb("base", "224")),
+        ("in1k_noema", "convnext_base_1k_224.pth", None, _AT_224, IN1K, None),
+        ("in1k_384", "convnext_base_1k_384.pth", 85.1, _AT_384, IN1K, _fb("base", "384")),
+        ("in22k", "convnext_base_22k_224.pth", None, _AT_224, IN22K, _fb("base", "224-22k")),
+        ("in22k_ft_in1k", "convnext_base_22k_1k_224.pth", 85.8, _AT_224, IN1K, _fb("base", "224-22k-1k")),
+        ("in22k_ft_in1k_384", "convnext_base_22k_1k_384.pth", 86.8, _AT_384, IN1K, _fb("base", "384-22k-1k")),
     ]),
     *_weights("convnext_large", [
-        ("in1k", "convnext_large_1k_224_ema.pth", 84.3, _fb("large", "224")),
-        ("in1k_384", "convnext_large_1k_384.pth", 85.5, _fb("large", "384")),
-        ("in22k", "convnext_large_22k_224.pth", None, _fb("large", "224-22k")),
-        ("in22k_ft_in1k", "convnext_large_22k_1k_224.pth", 86.6, _fb("large", "224-22k-1k")),
-        ("in22k_ft_in1k_384", "convnext_large_22k_1k_384.pth", 87.5, _fb("large", "384-22k-1k")),
+        ("in1k", "convnext_large_1k_224_ema.pth", 84.3, _AT_224, IN1K, _fb("large", "224")),
+        ("in1k_384", "convnext_large_1k_384.pth", 85.5, _AT_384, IN1K, _fb("large", "384")),
+        ("in22k", "convnext_large_22k_224.pth", None, _AT_224, IN22K, _fb("large", "224-22k")),
+        ("in22k_ft_in1k", "convnext_large_22k_1k_224.pth", 86.6, _AT_224, IN1K, _fb("large", "224-22k-1k")),
+        ("in22k_ft_in1k_384", "convnext_large_22k_1k_384.pth", 87.5, _AT_384, IN1K, _fb("large", "384-22k-1k")),
     ]),
     *_weights("convnext_xlarge", [
-        ("in22k_ft_in1k", "convnext_xlarge_22k_1k_224_ema.pth", 87.0, _fb("xlarge", "224-22k-1k")),
-        ("in22k_ft_in1k_384", "convnext_xlarge_22k_1k_384_ema.pth", 87.8, _fb("xlarge", "384-22k-1k")),
-        ("in22k", "convnext_xlarge_22k_224.pth", None, _fb("xlarge", "224-22k")),
+        ("in22k_ft_in1k", "convnext_xlarge_22k_1k_224_ema.pth", 87.0, _AT_224, IN1K, _fb("xlarge", "224-22k-1k")),
+        ("in22k_ft_in1k_384", "convnext_xlarge_22k_1k_384_ema.pth", 87.8, _AT_384, IN1K,
+         _fb("xlarge", "384-22k-1k")),
+        ("in22k", "convnext_xlarge_22k_224.pth", None, _AT_224, IN22K, _fb("xlarge", "224-22k")),
     ]),
-    *_weights("convnext_isotropic_small", [("in1k", "convnext_iso_small_1k_224_ema.pth", 78.7, None)]),
-    *_weights("convnext_isotropic_base", [("in1k", "convnext_iso_base_1k_224_ema.pth", 82.0, None)]),
-    *_weights("convnext_isotropic_large", [("in1k", "convnext_iso_large_1k_224_ema.pth", 82.6, None)]),
+    *_weights("convnext_isotropic_small", [("in1k", "convnext_iso_small_1k_224_ema.pth", 78.7, _AT_224, IN1K, None)]),
+    *_weights("convnext_isotropic_base", [("in1k", "convnext_iso_base_1k_224_ema.pth", 82.0, _AT_224, IN1K, None)]),
+    *_weights("convnext_isotropic_large", [("in1k", "convnext_iso_large_1k_224_ema.pth", 82.6, _AT_224, IN1K, None)]),
 ]
 
 
@@ -186,8 +199,9 @@ def download_weights(entry: PretrainedWeights) -> Path:
     if not _offline():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            # a temporary file, renamed into place only when its sha256 starts with hash_prefix (if given)
             with _socket_timeout(NETWORK_TIMEOUT):
-                torch.hub.download_url_to_file(entry.url, str(path), progress=True)  # temp file, then rename
+                torch.hub.download_url_to_file(entry.url, str(path), hash_prefix=entry.sha256, progress=True)
             return path
         except Exception as err:  # noqa: BLE001 - any network failure falls through to the next source
             failures.append(f"{entry.url}: {err}")

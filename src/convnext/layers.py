@@ -1,0 +1,94 @@
+"""The layers a ConvNeXt block is made of, each an ordinary ``nn`` module with the official parameter names.
+
+The network keeps its activations in channels_last memory, where an (N, C, H, W) tensor and its
+(N, H, W, C) permutation are the same bytes. The block therefore works on (N, H, W, C) like the paper's
+code, and its pointwise layers are `Pointwise` Linears that hand those bytes to a 1x1 convolution: on
+CPUs PyTorch sends that to oneDNN, whose GEMM beats the BLAS call behind ``F.linear`` on these shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kernels import DepthwiseConv2dFunction
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of each pixel of an NCHW tensor (the paper's "channels_first" LN).
+
+    On channels_last memory both permutes are free views, so this is one native layer_norm call.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class Pointwise(nn.Linear):
+    """An ``nn.Linear`` over the last axis of an (N, H, W, C) tensor, run as a 1x1 convolution.
+
+    Same parameters, same result as the Linear, so tools that look for ``nn.Linear`` (hooks, LoRA,
+    pruning) find it; `as_linears` swaps in exact ``nn.Linear`` modules for tools that need that very type
+    (``torch.ao.quantization.quantize_dynamic``).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.conv2d(x.permute(0, 3, 1, 2), self.weight[:, :, None, None], self.bias)
+        return y.permute(0, 2, 3, 1)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """The block's 7x7 depthwise convolution (stride 1, "same" padding); it trains through
+    `DepthwiseConv2dFunction`, whose backward suits these filters better than the library's."""
+
+    def __init__(self, dim: int, kernel_size: int = 7):
+        super().__init__(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.same_padding = kernel_size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return DepthwiseConv2dFunction.apply(x, self.weight, self.bias, self.same_padding)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole residual branch of a sample with probability ``p``."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty([x.shape[0]] + [1] * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _swap(model: nn.Module, kind: type[nn.Module], plain: type[nn.Module], *args) -> nn.Module:
+    """Replace, in place, every module of exactly type ``kind`` by a ``plain(*its args)`` with its parameters."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is kind:
+                with torch.device("meta"):
+                    replacement = plain(*(getattr(child, arg) for arg in args))
+                replacement.weight, replacement.bias = child.weight, child.bias
+                setattr(parent, name, replacement)
+    return model
+
+
+def as_linears(model: nn.Module) -> nn.Module:
+    """``model`` with every `Pointwise` replaced, in place, by an ``nn.Linear`` holding the same parameters:
+    the same function through ``F.linear``, for tools that match modules by exact type (quantization)."""
+    return _swap(model, Pointwise, nn.Linear, "in_features", "out_features")
+
+
+def as_plain_convs(model: nn.Module) -> nn.Module:
+    """``model`` with every `DepthwiseConv2d` replaced, in place, by an ``nn.Conv2d`` holding the same
+    parameters: for TorchScript, which cannot call an autograd Function."""
+    return _swap(model, DepthwiseConv2d, nn.Conv2d, "in_channels", "out_channels", "kernel_size", "stride",
+                 "padding", "dilation", "groups")
