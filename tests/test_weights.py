@@ -318,7 +318,7 @@ def test_no_network_fails_fast_without_the_hub_retries(fake_registry, monkeypatc
     entry, _, _, _ = fake_registry
     monkeypatch.delenv("HF_HUB_OFFLINE")
 
-    def no_dns(url, dst, progress=True):
+    def no_dns(url, dst, hash_prefix=None, progress=True):
         assert socket.getdefaulttimeout() == weights.NETWORK_TIMEOUT  # a stalled network cannot hang us
         raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
 

@@ -102,8 +102,9 @@ def plan_run(config: TrainConfig, train_images: int, rt: Runtime, say: Callable[
     plan = Plan(eff_batch, steps_per_epoch, total_steps, round(config.warmup_epochs * steps_per_epoch),
                 scaled_lr(config, eff_batch))
     say(f"effective batch {eff_batch} = {config.batch_size} per device x {config.accum_steps} accumulation "
-        f"x {rt.world_size} processes; lr {config.lr:g} given for batch {config.lr_batch}, "
-        f"scaled ({config.lr_scaling}): {plan.lr:.4g}")
+        f"x {rt.world_size} processes; " + (f"lr {plan.lr:.4g}, used as is" if config.lr_scaling == "none" else
+                                             f"lr {config.lr:g} given for batch {config.lr_batch}, "
+                                             f"scaled ({config.lr_scaling}): {plan.lr:.4g}"))
     if ema_warning(config, total_steps):
         say(f"warning: {ema_warning(config, total_steps)} (--set ema_decay=... or ema=false)")
     return plan
