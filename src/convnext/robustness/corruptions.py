@@ -109,7 +109,7 @@ class CorruptedImages(Dataset):
             return torch.zeros(self.size), -1, index
         pixels = self.geometry(img)
         if self.corruption is not None:
-            img = Image.fromarray(pixels.mul(255).round().byte().permute(1, 2, 0).numpy())
+            img = Image.fromarray(np.rint(pixels.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
             img = corrupt_image(img, self.corruption, self.severity, seed=self.seed, key=self.key(index))
             pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
         return (pixels - self.mean) / self.std, label, -1
