@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from .errors import UserError
 from .predict import load_model
 from .robustness import SEVERITIES, SUITES, evaluate_robustness, format_table, plot_severity, write_json
@@ -39,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="DIR", help="results folder, reused when rerun (default runs/robustness, "
                    "runs/robustness-demo with --demo)")
     p.add_argument("--restart", action="store_true", help="ignore results stored in the output folder")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
@@ -96,17 +94,13 @@ def _suites(args: argparse.Namespace) -> dict[str, str | None]:
     return data
 
 
-def _device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
+    from .cli import _parse_device  # the CLI's one device parser (imported late: cli.py imports this module)
+
     start = time.perf_counter()
+    if args.batch_size < 1 or args.workers < 0:
+        raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
+                        f"{args.workers}")
     quiet = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     if args.demo:
         output = Path(args.output or "runs/robustness-demo")
@@ -122,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     report = evaluate_robustness(subjects[0], suites, baseline=subjects[1] if len(subjects) > 1 else None,
                                  output=output / "results", corruptions=_list(args.corruptions),
                                  severities=tuple(_list(args.severities, int) or SEVERITIES), seed=args.seed,
-                                 batch_size=args.batch_size, workers=args.workers, device=_device(args.device),
+                                 batch_size=args.batch_size, workers=args.workers, device=_parse_device(args.device),
                                  restart=args.restart)
     write_json(report, output / "robustness.json")
     plot = args.plot or (output / "severity.png" if args.demo else None)

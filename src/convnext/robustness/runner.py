@@ -143,7 +143,8 @@ class _Restrict(nn.Module):
     def __init__(self, model: nn.Module, indices: list[int]):
         super().__init__()
         self.model = model
-        self.register_buffer("indices", torch.tensor(indices), persistent=False)
+        device = next(model.parameters()).device
+        self.register_buffer("indices", torch.tensor(indices, device=device), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x).index_select(1, self.indices)
