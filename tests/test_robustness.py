@@ -244,3 +244,23 @@ def test_bad_input_is_one_line_and_exit_2(digits_run, tmp_path, capsys):
     for args, message in cases:
         code, _, err = cli(["--checkpoint", digits_run, "--output", tmp_path / "out", *args], capsys)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_imagenet_summary_gives_mce_and_other_weights_are_not_mixed_up(tmp_path):
+    from convnext.robustness import summarise
+
+    errors = {name: [50 * ALEXNET_ERRORS[name]] * 5 for name in COMMON}
+    errors["gaussian_noise"] = [10, 20, 30, 40, 50]
+    scores = {f"c/{name}/{s + 1}": dict(error=e, top1=100 - e, count=4) for name, v in errors.items()
+              for s, e in enumerate(v)}
+    summary = summarise({"model": scores}, imagenet_suites={"c"})["model"]["c"]
+    assert summary["mce"] == pytest.approx(48.92292, abs=1e-4)
+    assert "mce" not in summarise({"model": scores})["model"]["c"]  # not ImageNet: no AlexNet normalisation
+    # results stored for one model are not reused for another one under the same label
+    first, second = Logits(subset_indices("a")[0]), Logits(subset_indices("a")[1])
+    second.dummy.data.fill_(1.0)
+    save_images(tmp_path / "a" / subset_synsets("a")[0], 2)
+    assert evaluate_robustness(first, {"a": tmp_path / "a"}, output=tmp_path / "o")["summary"]["model"]["a"][
+        "top1"] == 100.0
+    assert evaluate_robustness(second, {"a": tmp_path / "a"}, output=tmp_path / "o")["summary"]["model"]["a"][
+        "top1"] == 0.0

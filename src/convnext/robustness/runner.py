@@ -9,6 +9,7 @@ over the images, so on-the-fly corruptions are made once for a model and its bas
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -48,6 +49,10 @@ class Subject:
     model: nn.Module
     identity: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        # the weights themselves decide whether stored results are this model's: a file name may be reused
+        self.identity = dict(self.identity, digest=weights_digest(self.model))
+
     @property
     def preprocessing(self) -> dict:
         cfg = self.model.pretrained_cfg
@@ -80,13 +85,20 @@ class Job:
             f"{self.suite}.json"
 
 
+def weights_digest(model: nn.Module) -> str:
+    """SHA-1 of every tensor of the model's state, names included (a second or two for the largest models)."""
+    digest = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def identity_of(checkpoint: str | os.PathLike | None, name: str, pretrained: bool | str = False) -> dict:
-    """What names a model's weights: the file with its size and modification time, or the released tag."""
+    """Where a model's weights came from, for the report: the file, or the released tag."""
     if checkpoint is None:
         return {"model": name, "pretrained": pretrained}
-    stat = Path(checkpoint).stat()
-    return {"model": name, "checkpoint": str(Path(checkpoint).resolve()), "bytes": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns}
+    return {"model": name, "checkpoint": str(Path(checkpoint).resolve())}
 
 
 def _clean_source(data: str | os.PathLike | None):
@@ -166,7 +178,7 @@ def scorer(subject: Subject, job: Job) -> tuple[nn.Module, torch.Tensor, int]:
 
 def _stamp(subject: Subject, job: Job) -> dict:
     """Everything a stored result depends on."""
-    stamp = dict(weights=subject.identity, data=job.where, images=len(job.source),
+    stamp = dict(weights=subject.identity["digest"], data=job.where, images=len(job.source),
                  preprocessing=subject.preprocessing, seed=job.seed)
     return json.loads(json.dumps(stamp))
 
