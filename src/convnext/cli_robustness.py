@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
                         f"{args.workers}")
     quiet = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    if args.demo and (args.checkpoint or args.pretrained or args.baseline or args.data):
+        raise UserError("--demo trains and scores its own two models on the digits: leave out the weights and --data")
     if args.demo:
         output = Path(args.output or "runs/robustness-demo")
         quiet(f"demo: training {' and '.join(DEMO_MODELS)} on the digits (once; kept in {output})")
@@ -111,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         output = Path(args.output or "runs/robustness")
         suites = _suites(args)
         subjects = [_subject("model", args.checkpoint, args.model, args.pretrained)]
+        if args.plot and not {"c", "cbar"} & set(suites):
+            raise UserError("--plot draws error against severity: it needs suite c or cbar")
         if args.baseline:
             subjects.append(_subject("baseline", args.baseline, args.baseline_model))
     report = evaluate_robustness(subjects[0], suites, baseline=subjects[1] if len(subjects) > 1 else None,
@@ -120,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
                                  restart=args.restart)
     write_json(report, output / "robustness.json")
     plot = args.plot or (output / "severity.png" if args.demo else None)
-    if plot and any("c" in suites for suites in report["summary"].values()):
-        plot_severity(report["summary"], plot)
+    if plot:
+        plot_severity(report["summary"], plot, suite="c" if "c" in suites else "cbar")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
