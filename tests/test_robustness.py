@@ -192,7 +192,8 @@ def test_error_rises_with_severity_and_reruns_resume(digits_run, tmp_path, monke
 
     model = load_model("convnext_atto", checkpoint=digits_run)
     names = ["gaussian_noise", "contrast"]
-    report = evaluate_robustness(model, {"c": None}, output=tmp_path, corruptions=names, severities=(1, 3, 5))
+    report = evaluate_robustness(model, {"c": None}, output=tmp_path, corruptions=names, severities=(1, 3, 5),
+                                  batch_size=128)
     entry = report["summary"]["model"]["c"]
     curve = entry["error_by_severity"]
     assert all(b > a for a, b in zip(curve, curve[1:], strict=False)), curve
@@ -203,7 +204,8 @@ def test_error_rises_with_severity_and_reruns_resume(digits_run, tmp_path, monke
     calls = []
     real = runner._score_group
     monkeypatch.setattr(runner, "_score_group", lambda *a, **k: calls.append(a[1].corruption) or real(*a, **k))
-    again = evaluate_robustness(model, {"c": None}, output=tmp_path, corruptions=names, severities=(1, 3, 5))
+    again = evaluate_robustness(model, {"c": None}, output=tmp_path, corruptions=names, severities=(1, 3, 5),
+                                  batch_size=128)
     assert calls == ["contrast"] * 3
     assert again["summary"] == report["summary"]
 
