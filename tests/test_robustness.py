@@ -267,3 +267,21 @@ def test_imagenet_summary_gives_mce_and_other_weights_are_not_mixed_up(tmp_path)
         "top1"] == 100.0
     assert evaluate_robustness(second, {"a": tmp_path / "a"}, output=tmp_path / "o")["summary"]["model"]["a"][
         "top1"] == 0.0
+
+
+def test_a_pre_generated_tree_is_scored_with_classes_matched_by_name(digits_run, tmp_path):
+    from convnext.predict import load_model
+
+    digits = Digits("val")
+    for severity in range(1, 6):
+        for digit in (3, 7):  # two of the ten classes: labels must follow folder names, not positions
+            folder = tmp_path / "tree" / "gaussian_noise" / str(severity) / str(digit)
+            folder.mkdir(parents=True)
+            for i in np.flatnonzero(digits.labels == digit)[:5]:
+                digits.load(int(i))[0].save(folder / f"{i}.png")
+    model = load_model("convnext_atto", checkpoint=digits_run)
+    report = evaluate_robustness(model, {"c": tmp_path / "tree"}, output=tmp_path / "out",
+                                 corruptions=["gaussian_noise"])
+    entry = report["summary"]["model"]["c"]
+    assert entry["images"] == 10 and entry["severities"] == [1, 2, 3, 4, 5] and "clean_error" not in entry
+    assert max(entry["errors"]["gaussian_noise"]) <= 30  # clean digits saved in the tree: mostly right
