@@ -22,7 +22,6 @@ def run_json(capsys, *args):
 
 
 def test_inference_report_has_the_promised_fields(capsys):
-    pytest.importorskip("transformers")
     report = run_json(capsys, "--batch", "1,2", "--peers", "hf")
     assert {"cpu", "threads", "torch", "transformers", "date"} <= set(report["machine"])
     assert report["settings"]["mode"] == "inference" and report["settings"]["dtype"] == "fp32"
@@ -39,7 +38,6 @@ def test_inference_report_has_the_promised_fields(capsys):
 
 
 def test_training_report_times_our_model_against_hf(capsys):
-    pytest.importorskip("transformers")
     report = run_json(capsys, "--batch", "2", "--peers", "hf", "--train")
     assert report["settings"]["mode"] == "train"
     assert [r["impl"] for r in report["results"]] == ["convnext", "hf"]

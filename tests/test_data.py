@@ -3,6 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
+from convnext.augment import train_transform
 from convnext.data import (
     Digits,
     EpochSampler,
@@ -10,10 +11,9 @@ from convnext.data import (
     ImageFolder,
     TrainImages,
     image_folders,
-    random_resized_crop,
 )
 from convnext.errors import UserError
-from convnext.weights import data_config
+from convnext.weights import IMAGENET_MEAN, IMAGENET_STD, data_config
 
 
 def make_folder(root, classes=("cat", "dog"), per_class=3, size=(20, 16)):
@@ -69,22 +69,14 @@ def test_digits_fixed_stratified_split():
     assert np.array_equal(Digits("val").indices, val.indices)
 
 
-def test_random_resized_crop_full_box_is_a_plain_resize():
-    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (12, 12, 3), dtype=np.uint8))
-    out = random_resized_crop(img, 24, (1.0, 1.0), (1.0, 1.0), np.random.default_rng(0))
-    assert np.array_equal(np.asarray(out), np.asarray(img.resize((24, 24), Image.Resampling.BICUBIC)))
-    out = random_resized_crop(img, 16, (0.08, 1.0), (3 / 4, 4 / 3), np.random.default_rng(0))
-    assert out.size == (16, 16)
-
-
 def test_train_images_are_seeded_by_epoch_and_index_and_skip_unreadable(tmp_path):
     make_folder(tmp_path)
     (tmp_path / "cat" / "9_broken.png").write_bytes(b"not an image")
     folder = ImageFolder(tmp_path)
     broken = next(i for i in range(len(folder)) if "broken" in folder.describe(i))
-    data = TrainImages(folder, 16, seed=3)
+    data = TrainImages(folder, train_transform(16, IMAGENET_MEAN, IMAGENET_STD), seed=3)
     x, label, bad = data[(0, 1)]
-    assert x.dtype == torch.uint8 and x.shape == (3, 16, 16) and bad == -1
+    assert x.dtype == torch.float32 and x.shape == (3, 16, 16) and bad == -1
     assert torch.equal(x, data[(0, 1)][0])
     assert not torch.equal(x, data[(0, 2)][0])
     x, label, bad = data[(broken, 0)]

@@ -10,7 +10,7 @@ import torch
 import convnext.export as export
 from convnext import UserError, create_model
 from convnext.cli import main
-from convnext.predict import load_model
+from convnext.loading import load_model
 from convnext.weights import data_config, read_metadata, read_state_dict
 
 RES = 64

@@ -11,8 +11,9 @@ from convnext import UserError, create_model
 from convnext.cli import main
 from convnext.data import eval_transform
 from convnext.export import export_model, export_safetensors
+from convnext.loading import load_model
 from convnext.models import build_model
-from convnext.predict import class_labels, find_images, load_model, predict, read_labels
+from convnext.predict import class_labels, find_images, predict, read_labels
 from convnext.recipes import config_dict, resolve_config
 from convnext.weights import data_config
 

@@ -10,6 +10,7 @@ from torch import nn
 from convnext.cli import main
 from convnext.data import Digits, EvalImages
 from convnext.errors import UserError
+from convnext.loading import load_model
 from convnext.recipes import resolve_config
 from convnext.robustness import (
     ALEXNET_ERRORS,
@@ -188,9 +189,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_error_rises_with_severity_and_reruns_resume(digits_run, tmp_path, monkeypatch):
-    from convnext.predict import load_model
-
-    model = load_model("convnext_atto", checkpoint=digits_run)
+    model = load_model(checkpoint=digits_run)
     names = ["gaussian_noise", "contrast"]
     report = evaluate_robustness(model, {"c": None}, output=tmp_path, corruptions=names, severities=(1, 3, 5),
                                   batch_size=128)
@@ -270,8 +269,6 @@ def test_imagenet_summary_gives_mce_and_other_weights_are_not_mixed_up(tmp_path)
 
 
 def test_a_pre_generated_tree_is_scored_with_classes_matched_by_name(digits_run, tmp_path):
-    from convnext.predict import load_model
-
     digits = Digits("val")
     for severity in range(1, 6):
         for digit in (3, 7):  # two of the ten classes: labels must follow folder names, not positions
@@ -279,7 +276,7 @@ def test_a_pre_generated_tree_is_scored_with_classes_matched_by_name(digits_run,
             folder.mkdir(parents=True)
             for i in np.flatnonzero(digits.labels == digit)[:5]:
                 digits.load(int(i))[0].save(folder / f"{i}.png")
-    model = load_model("convnext_atto", checkpoint=digits_run)
+    model = load_model(checkpoint=digits_run)
     report = evaluate_robustness(model, {"c": tmp_path / "tree"}, output=tmp_path / "out",
                                  corruptions=["gaussian_noise"])
     entry = report["summary"]["model"]["c"]

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 import convnext.training as training
-from convnext.augment import BatchAugment
+from convnext.augment import BatchMix
 from convnext.errors import UserError
 from convnext.models import build_model, register_model
 from convnext.recipes import resolve_config
@@ -157,14 +157,14 @@ def test_resume_after_interruption_is_bitwise_exact(tmp_path, monkeypatch):
 
 def test_non_finite_loss_stops_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
     data = make_folder(tmp_path / "data")
-    calls, real_forward = [], BatchAugment.forward
+    calls, real_call = [], BatchMix.__call__
 
     def poisoned(self, images, labels):
-        x, t = real_forward(self, images, labels)
+        x, t = real_call(self, images, labels)
         calls.append(1)
-        return (x * float("nan") if len(calls) == 4 else x), t
+        return (x * float("nan") if len(calls) == 5 else x), t  # call 1 draws augment.png
 
-    monkeypatch.setattr(BatchAugment, "forward", poisoned)
+    monkeypatch.setattr(BatchMix, "__call__", poisoned)
     cfg = config(tmp_path, "epochs=1", "batch_size=8", "save_every_steps=1", data=str(data))
     with pytest.raises(UserError, match=r"loss became nan at epoch 1, step 4.*last good checkpoint"):
         train(cfg, log=lambda text: None)

@@ -5,6 +5,7 @@ from .complexity import count_params, model_info
 from .errors import UserError
 from .evaluation import evaluate, evaluate_checkpoint
 from .fuse import fuse
+from .loading import load_model
 from .models import Block, ConvNeXt, ConvNeXtIsotropic, LayerNorm2d, build_model, create_model, list_models
 from .recipes import RECIPES, TrainConfig, resolve_config
 from .roadmap import STEPS as ROADMAP_STEPS  # importing roadmap registers the roadmap_* models
@@ -33,6 +34,7 @@ __all__ = [
     "keep_freed_memory",
     "list_models",
     "list_pretrained",
+    "load_model",
     "load_checkpoint",
     "model_info",
     "resolve_config",

@@ -1,104 +1,113 @@
-"""The on-device half of the training pipeline, batched with kornia.
+"""The paper's training augmentation, taken from timm as the official code takes it.
 
-DataLoader workers decode, crop and flip each image (``convnext.data``); the batch then comes here:
-RandAugment on [0, 1] pixels, normalisation, random erasing, and Mixup or CutMix, which turn the labels
-into soft targets with label smoothing folded in (the loss is cross-entropy against those targets).
+Per image, in DataLoader workers: random-resized crop, flip, RandAugment (``rand-m9-mstd0.5-inc1``: two
+operations and a magnitude drawn for every image), normalisation and random erasing filled with per-pixel
+normal noise. Per batch, in the training loop: Mixup or CutMix, which turn labels into soft targets with label
+smoothing folded in (the loss is cross-entropy against those targets).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
-import kornia.augmentation as K
+import numpy as np
 import torch
-import torch.nn.functional as F
-from kornia.augmentation.auto import RandAugment
-from torch import nn
+from PIL import Image
+from timm.data import create_transform
+from timm.data.mixup import Mixup, mixup_target
 
-# timm's RandAugment magnitudes (the paper's "m9") run 0..10; kornia's run 0..30.
-_KORNIA_PER_TIMM_MAGNITUDE = 3.0
+
+def randaugment_spec(n: int, m: int, mstd: float) -> str | None:
+    """timm's RandAugment config string (``rand-m9-n2-mstd0.5-inc1``), or None when it is off."""
+    if n <= 0 or m <= 0:
+        return None
+    return f"rand-m{m}-n{n}-mstd{mstd:g}-inc1"
+
+
+def train_transform(
+    res: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+    interpolation: str = "bicubic",
+    randaug_n: int = 2,
+    randaug_m: int = 9,
+    randaug_mstd: float = 0.5,
+    color_jitter: float = 0.4,
+    reprob: float = 0.25,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL image -> normalised float CHW tensor, drawn afresh on every call.
+
+    Colour jitter applies only where RandAugment is off (timm's rule, which the official recipe inherits).
+    """
+    return create_transform(
+        res, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip,
+        color_jitter=color_jitter or None, auto_augment=randaugment_spec(randaug_n, randaug_m, randaug_mstd),
+        interpolation=interpolation, mean=tuple(mean), std=tuple(std), re_prob=reprob, re_mode="pixel",
+        re_count=1)
 
 
 def soft_targets(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
     """One-hot targets, smoothed: ``1 - s + s / K`` on the label and ``s / K`` elsewhere (s = smoothing)."""
-    off = smoothing / num_classes
-    return F.one_hot(labels.long(), num_classes).float() * (1.0 - smoothing) + off
+    return mixup_target(labels.long(), num_classes, smoothing=smoothing)
 
 
-class BatchAugment(nn.Module):
-    """RandAugment, normalise, random erasing and Mixup/CutMix on a uint8 NCHW batch.
+class BatchMix:
+    """Mixup or CutMix on a normalised batch, returning ``(images, soft targets)``.
 
-    ``randaug_m`` is on timm's 0..10 scale (the paper's ``rand-m9-mstd0.5``); the magnitude is drawn once per
-    batch from N(m, mstd). kornia draws RandAugment's two operations once per batch too, and Mixup/CutMix
-    pair and mix per sample (Mixup lambda ~ Beta(mixup, mixup), CutMix box from Beta(cutmix, cutmix)).
-    Random erasing fills with 0 after normalisation, i.e. the dataset mean colour.
+    timm's ``Mixup`` in batch mode, as the official recipe uses it: one lambda per batch, each image paired
+    with its mirror in the batch (so the batch size must be even), CutMix on a ``switch_prob`` share of
+    mixed batches. With both off, only label smoothing remains.
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        *,
-        randaug_n: int = 2,
-        randaug_m: float = 9.0,
-        randaug_mstd: float = 0.5,
-        reprob: float = 0.25,
-        mixup: float = 0.8,
-        cutmix: float = 1.0,
-        mixup_prob: float = 1.0,
-        mixup_switch_prob: float = 0.5,
-        smoothing: float = 0.1,
-    ):
-        super().__init__()
+    def __init__(self, num_classes: int, *, mixup: float = 0.8, cutmix: float = 1.0, prob: float = 1.0,
+                 switch_prob: float = 0.5, smoothing: float = 0.1):
         self.num_classes, self.smoothing = num_classes, smoothing
-        self.randaug_m, self.randaug_mstd = randaug_m, randaug_mstd
-        self.randaug = RandAugment(n=randaug_n, m=15) if randaug_n > 0 and randaug_m > 0 else None
-        self.normalize = K.Normalize(mean=torch.tensor(mean), std=torch.tensor(std))
-        self.erase = K.RandomErasing(p=reprob, scale=(0.02, 1 / 3), ratio=(0.3, 3.3)) if reprob > 0 else None
-        self.mixup_alpha, self.mixup_prob, self.switch_prob = mixup, mixup_prob, mixup_switch_prob
-        self.mixup = K.RandomMixUpV2(data_keys=["input", "class"]) if mixup > 0 else None
-        self.cutmix = (K.RandomCutMixV2(beta=cutmix, data_keys=["input", "class"], use_correct_lambda=True)
-                       if cutmix > 0 else None)
+        self.mix = None
+        if (mixup > 0 or cutmix > 0) and prob > 0:
+            self.mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=switch_prob,
+                             mode="batch", label_smoothing=smoothing, num_classes=num_classes)
 
-    @property
-    def mixes(self) -> bool:
-        return (self.mixup is not None or self.cutmix is not None) and self.mixup_prob > 0
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mix is None:
+            return images, soft_targets(labels, self.num_classes, self.smoothing)
+        return self.mix(images, labels)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (N, 3, H, W) images and int labels -> normalised float images and (N, K)
-        target probabilities."""
-        x = images.float().div_(255)
-        if self.randaug is not None:
-            m = self.randaug_m + self.randaug_mstd * torch.randn(()).item()
-            self.randaug.m = min(max(m, 0.1), 9.9) * _KORNIA_PER_TIMM_MAGNITUDE
-            x = self.randaug(x).clamp_(0, 1)
-        x = self.normalize(x)
-        if self.erase is not None:
-            x = self.erase(x)
-        if self.mixes and torch.rand(()).item() < self.mixup_prob:
-            switch = self.mixup is None or torch.rand(()).item() < self.switch_prob
-            use_cutmix = self.cutmix is not None and switch
-            return self._cutmix(x, labels) if use_cutmix else self._mixup(x, labels)
-        return x, soft_targets(labels, self.num_classes, self.smoothing)
 
-    def _mix_targets(self, labels: torch.Tensor, partner: torch.Tensor, partner_weight: torch.Tensor
-                     ) -> torch.Tensor:
-        own = soft_targets(labels, self.num_classes, self.smoothing)
-        other = soft_targets(partner, self.num_classes, self.smoothing)
-        w = partner_weight.view(-1, 1).float()
-        return own * (1 - w) + other * w
+@contextmanager
+def seeded(*key: int) -> Iterator[None]:
+    """Run a block with Python's, NumPy's and torch's CPU generators seeded from ``key``, then put them back.
 
-    def _mixup(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        params = self.mixup.forward_parameters(x.shape)
-        alpha = torch.tensor(self.mixup_alpha)
-        params["mixup_lambdas"] = torch.distributions.Beta(alpha, alpha).sample((x.shape[0],)).to(x.dtype)
-        x, mix = self.mixup(x, labels, params=params)
-        # kornia: image = own * (1 - lambda) + partner * lambda
-        return x, self._mix_targets(labels, mix[:, 1], mix[:, 2])
+    timm's transforms draw from all three global generators; seeding them per image from ``(seed, epoch,
+    index)`` makes an image's augmentation independent of which worker or rank makes it.
+    """
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
-    def _cutmix(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, mix = self.cutmix(x, labels)
-        mix = mix[0]
-        # kornia (use_correct_lambda): lambda = 1 - pasted area, i.e. the weight of the sample's own label
-        return x, self._mix_targets(labels, mix[:, 1], 1 - mix[:, 2])
+
+def host_rng_state() -> dict:
+    """Python's and NumPy's global generator states as checkpoint-safe values (Mixup draws from NumPy)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(python=random.getstate(), numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)),
+                                                      pos=int(pos), has_gauss=int(has_gauss), gauss=float(gauss)))
+
+
+def set_host_rng_state(state: dict) -> None:
+    numpy = state["numpy"]
+    random.setstate(state["python"])
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["gauss"]))

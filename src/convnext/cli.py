@@ -19,8 +19,9 @@ from .allocator import keep_freed_memory
 from .complexity import model_info
 from .errors import UserError
 from .evaluation import evaluate_checkpoint
+from .loading import load_model
 from .models import build_model, list_models
-from .predict import class_labels, find_images, format_prediction, load_model, predict, prediction_record
+from .predict import class_labels, find_images, format_prediction, predict, prediction_record
 from .recipes import RECIPES, resolve_config
 from .roadmap import measure_steps, plot_roadmap
 from .training import train
@@ -98,8 +99,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "without --data, finetune with --finetune, else in1k)")
     p.add_argument("--finetune", metavar="CKPT", help="start from these weights (any layout `load_checkpoint` "
                    "reads; a head with another class count starts fresh)")
-    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other setting of convnext.recipes.TrainConfig, e.g. layer_decay=0.8 (repeatable)")
+    p.add_argument("--set", dest="settings", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="other settings of convnext.recipes.TrainConfig, e.g. --set layer_decay=0.8 ema=false "
+                   "(several after one --set; --set may repeat)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="images per device per step")
     p.add_argument("--lr", type=float, help="peak learning rate at the recipe's reference batch (lr_batch); "
@@ -117,7 +119,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     recipe = args.recipe or ("finetune" if args.finetune else "in1k" if args.data else "demo")
-    config = resolve_config(recipe, args.settings, model=args.model, data=args.data, val_data=args.val_data,
+    fit = ["fit_to_run=true"] if args.recipe is None and recipe != "demo" else []
+    config = resolve_config(recipe, fit + args.settings, model=args.model, data=args.data, val_data=args.val_data,
                             output=args.output, finetune=args.finetune, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, res=args.res, seed=args.seed,
                             workers=args.workers, device=args.device, amp=args.amp, compile=args.compile)
@@ -127,8 +130,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="top-1, top-5, loss and per-class accuracy of a checkpoint")
-    p.add_argument("--model", required=True, help="registered model name the checkpoint belongs to")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="weights of any supported layout")
+    p.add_argument("--model", help="model the checkpoint holds (not needed for `convnext train` checkpoints, "
+                   "which record it)")
     p.add_argument("--data", metavar="DIR", help="image folder, one sub-folder per class (DIR/val when present; "
                    "default: the held-out built-in digits)")
     p.add_argument("--ema", action="store_true", help="score the checkpoint's EMA weights")
@@ -176,7 +180,7 @@ def _demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     config = resolve_config("demo", output=args.output)
     train(config, resume=False)
-    metrics = evaluate_checkpoint(config.model, Path(args.output) / "last.pt")
+    metrics = evaluate_checkpoint(None, Path(args.output) / "last.pt")
     _print_metrics(metrics)
     ok = metrics["top1"] >= DEMO_TARGET
     print(f"demo: held-out top-1 {metrics['top1']:.2f}% on {metrics['count']} digit scans never trained on "
@@ -187,7 +191,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _add_weights(p: argparse.ArgumentParser) -> None:
     """--model and where its weights come from, as `predict.load_model` takes them."""
-    p.add_argument("--model", required=True, help="model name, e.g. convnext_tiny or convnext_tiny.in22k_ft_in1k")
+    p.add_argument("--model", help="model name, e.g. convnext_tiny or convnext_tiny.in22k_ft_in1k (not needed "
+                   "with a checkpoint `convnext train` wrote: it records its model)")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", metavar="CKPT", help="weights file of any supported layout; its head "
                          "decides the number of classes")
@@ -230,7 +235,7 @@ def _predict(args: argparse.Namespace) -> int:
     labels = class_labels(model.num_classes, args.classes, cfg.get("label_names"))
     weights = args.checkpoint or f"pretrained {cfg.get('tag', args.pretrained)}"
     if not args.json:
-        print(f"{args.model} ({weights}) | {cfg['input_size'][-1]}px, crop {cfg['crop_pct']}, "
+        print(f"{model.model_name} ({weights}) | {cfg['input_size'][-1]}px, crop {cfg['crop_pct']}, "
               f"{cfg['interpolation']} | {device} | {len(files)} file{'s' * (len(files) != 1)}\n")
     unicode = (sys.stdout.encoding or "").lower().replace("-", "") in ("utf8", "utf16", "utf32")
     results, errors = [], []
@@ -247,7 +252,7 @@ def _predict(args: argparse.Namespace) -> int:
     progress.close()
     if args.json:
         preprocessing = {k: v for k, v in cfg.items() if k != "label_names"}
-        print(json.dumps(dict(model=args.model, weights=str(weights), num_classes=model.num_classes,
+        print(json.dumps(dict(model=model.model_name, weights=str(weights), num_classes=model.num_classes,
                               preprocessing=preprocessing, results=results, errors=errors), indent=2))
     if errors:
         print(f"convnext predict: {len(errors)} of {len(files)} files could not be read", file=sys.stderr)

@@ -9,11 +9,10 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .predict import load_model
+from .loading import load_model
 from .robustness import SEVERITIES, SUITES, evaluate_robustness, format_table, plot_severity, write_json
 from .robustness.demo import DEMO_MODELS, demo_subjects
 from .robustness.runner import Subject, identity_of
-from .weights import read_checkpoint_file, read_metadata
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,26 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _run_model_name(checkpoint: str) -> str:
-    """The model a `convnext train` checkpoint (or a safetensors file `convnext export` wrote) was made as."""
-    raw = read_checkpoint_file(Path(checkpoint))
-    config = raw.get("config") if isinstance(raw.get("config"), dict) else None
-    if config is None and str(checkpoint).endswith(".safetensors"):
-        config = json.loads(read_metadata(checkpoint).get("run_config", "null"))
-    if not config or "model" not in config:
-        raise UserError(f"{checkpoint} does not name its model: pass --model")
-    return config["model"]
-
-
 def _subject(label: str, checkpoint: str | None, model: str | None, pretrained: bool | str = False) -> Subject:
     if checkpoint is None and not pretrained and (model is None or "." not in model):
         raise UserError("give --checkpoint CKPT, or --model with --pretrained [TAG] (or --demo)")
-    if model is None:
-        if checkpoint is None:
-            raise UserError("--pretrained needs --model")
-        model = _run_model_name(checkpoint)
-    module = load_model(model, checkpoint=checkpoint, pretrained=pretrained)
-    return Subject(label, module, identity_of(checkpoint, model, pretrained))
+    if model is None and checkpoint is None:
+        raise UserError("--pretrained needs --model")
+    module = load_model(model, checkpoint=checkpoint, pretrained=pretrained)  # a run checkpoint names its model
+    return Subject(label, module, identity_of(checkpoint, getattr(module, "model_name", model), pretrained))
 
 
 def _list(text: str | None, kind=str) -> list | None:

@@ -1,9 +1,8 @@
 """Images in, tensors out: decoding any image file, the paper's evaluation preprocessing, and the training
-data (image folders, the built-in digits, per-image random crops in DataLoader workers)."""
+data (image folders, the built-in digits, per-image augmentation in DataLoader workers)."""
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
+from .augment import seeded
 from .errors import UserError
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
@@ -73,7 +73,7 @@ def eval_transform(config: dict) -> Callable[[Image.Image], torch.Tensor]:
     return transform
 
 
-# --- training data: image folders, the built-in digits, per-image random crops in DataLoader workers ---
+# --- training data: image folders, the built-in digits, per-image augmentation in DataLoader workers ---
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -172,47 +172,24 @@ def digits_split(labels: np.ndarray, train_fraction: float = 0.8) -> tuple[np.nd
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float], ratio: tuple[float, float],
-                        rng: np.random.Generator, resample: int = Image.Resampling.BICUBIC) -> Image.Image:
-    """A random box of ``scale`` x the image area and aspect ratio in ``ratio`` (log-uniform), resized to
-    ``size`` x ``size``; after 10 misses, the centre box with the ratio clamped into range."""
-    width, height = img.size
-    area = width * height
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            return img.resize((size, size), resample, box=(left, top, left + w, top + h))
-    aspect = min(max(width / height, ratio[0]), ratio[1])
-    w, h = (width, round(width / aspect)) if width / height < aspect else (round(height * aspect), height)
-    w, h = min(w, width), min(h, height)
-    left, top = (width - w) // 2, (height - h) // 2
-    return img.resize((size, size), resample, box=(left, top, left + w, top + h))
-
-
 class TrainImages(Dataset):
-    """Decode, random-resized-crop and flip one image, in a DataLoader worker; returns uint8 CHW.
+    """Decode one image and apply the training transform (``convnext.augment.train_transform``) in a
+    DataLoader worker; returns a normalised float CHW tensor, the label, and the index of an unreadable image
+    that was replaced by the next readable one (else -1).
 
     Items are ``(index, epoch)`` (from ``EpochSampler``) and each image's randomness is seeded by
     ``(seed, epoch, index)``: the result does not depend on the worker or the rank that makes it, which is
     what lets a resumed or distributed run see exactly the images an uninterrupted single run sees.
-    An unreadable image is replaced by the next readable one and its index is returned (else -1).
     """
 
-    def __init__(self, source, size: int, *, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5,
-                 interpolation: str = "bicubic", seed: int = 0):
-        self.source, self.size, self.scale, self.ratio = source, size, tuple(scale), tuple(ratio)
-        self.hflip, self.resample, self.seed = hflip, _RESAMPLE[interpolation], seed
+    def __init__(self, source, transform: Callable[[Image.Image], torch.Tensor], *, seed: int = 0):
+        self.source, self.transform, self.seed = source, transform, seed
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, epoch = item
-        rng = np.random.default_rng([self.seed, epoch, index])
         bad = -1
         for step in range(len(self.source)):
             try:
@@ -222,10 +199,8 @@ class TrainImages(Dataset):
                 bad = index if bad < 0 else bad
         else:
             raise UserError("no image of the training set could be read")
-        img = random_resized_crop(img, self.size, self.scale, self.ratio, rng, self.resample)
-        if rng.random() < self.hflip:
-            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1), label, bad
+        with seeded(self.seed, epoch, index):
+            return self.transform(img), label, bad
 
 
 class EvalImages(Dataset):

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from .data import Digits, EvalImages, ImageFolder
 from .errors import UserError
-from .models import build_model
-from .weights import data_config, load_checkpoint
+from .loading import load_model
+from .weights import data_config
 
 
 @torch.no_grad()
@@ -81,44 +81,33 @@ def evaluate(
     )
 
 
-def _run_record(path: str | os.PathLike) -> dict:
-    """The ``config`` and ``classes`` stored in a checkpoint ``convnext train`` wrote; {} for other files."""
-    if str(path).endswith(".safetensors") or not os.path.isfile(path):
-        return {}
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not one of ours (e.g. an official file); load_checkpoint reports
-        return {}
-    return record if isinstance(record, dict) and isinstance(record.get("config"), dict) else {}
-
-
-def evaluate_checkpoint(model_name: str, checkpoint: str | os.PathLike, data: str | os.PathLike | None = None,
-                        *, ema: bool = False, res: int | None = None, batch_size: int = 64, workers: int = 0,
-                        device: str | torch.device = "cpu") -> dict:
+def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike,
+                        data: str | os.PathLike | None = None, *, ema: bool = False, res: int | None = None,
+                        batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu") -> dict:
     """Score a checkpoint on an image folder (``DIR/val`` when present) or, without ``data``, on the held-out
-    digits. Preprocessing and model options come from the run that wrote the checkpoint when it is ours;
-    the metrics of ``evaluate`` plus ``classes`` are returned."""
-    record = _run_record(checkpoint)
-    run = record.get("config", {})
+    digits. The model is rebuilt by ``load_model`` (a run checkpoint names its own model, options and
+    evaluation preprocessing); the metrics of ``evaluate`` plus ``classes`` are returned."""
+    if batch_size < 1 or workers < 0:
+        raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
+    if res is not None and res < 32:
+        raise UserError(f"--res must be at least 32 (the networks downsample 32x), got {res}")
     if data is None:
         source = Digits("val")
     else:
         root = os.path.join(data, "val") if os.path.isdir(os.path.join(data, "val")) else data
         source = ImageFolder(root)
     classes = list(source.classes)
-    trained = record.get("classes")
-    if trained is not None and trained != classes:
+    model = load_model(model_name, checkpoint=checkpoint, key="model_ema" if ema else None)
+    trained = model.pretrained_cfg.get("label_names")
+    if trained is not None and list(trained) != classes:
         raise UserError(f"the checkpoint was trained on classes {trained[:5]}..., the data has {classes[:5]}...")
-    if ema and record and record.get("model_ema") is None:
-        raise UserError(f"{checkpoint} holds no EMA weights (the run trained without EMA)")
-    model = build_model(model_name, num_classes=len(classes), **run.get("model_args", {}))
-    load_checkpoint(model, checkpoint, key="model_ema" if ema else None)
-    config = data_config(res or run.get("res", 224))
-    if run and res in (None, run.get("res")):
-        config.update(crop_pct=run["crop_pct"], interpolation=run["interpolation"], mean=tuple(run["mean"]),
-                      std=tuple(run["std"]))
+    if model.num_classes != len(classes):
+        raise UserError(f"the checkpoint's head has {model.num_classes} classes, the data {len(classes)}")
+    config = {k: v for k, v in model.pretrained_cfg.items() if k != "label_names"}
+    if res is not None and res != config["input_size"][-1]:
+        config = dict(data_config(res), mean=config["mean"], std=config["std"])
     loader = DataLoader(EvalImages(source, config), batch_size=batch_size, num_workers=workers)
     device = torch.device(device)
     metrics = evaluate(model.to(device), loader, len(classes), device=device)
-    return dict(metrics, classes=classes, model=model_name, checkpoint=str(checkpoint), ema=ema,
+    return dict(metrics, classes=classes, model=model.model_name, checkpoint=str(checkpoint), ema=ema,
                 res=config["input_size"][-1], crop_pct=config["crop_pct"])

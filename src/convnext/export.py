@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .loading import load_model
 from .weights import data_config, save_weights
 
 FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
@@ -241,8 +242,6 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
         save_program(exported, path, res=res)
         diff = check_module(torch.export.load(path).module(), model, res=res)
     else:
-        from .predict import load_model  # the loader `convnext predict --checkpoint` uses
-
         export_safetensors(model, path)
         diff = check_module(load_model(report["model"], checkpoint=path).to(device), model, res=res)
     report.update(bytes=Path(path).stat().st_size, max_abs_diff=diff, check_batch=CHECK_BATCH, passed=diff <= TOLERANCE)

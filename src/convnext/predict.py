@@ -7,7 +7,6 @@ decides what to do (the CLI reports it and exits non-zero at the end).
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -19,10 +18,6 @@ from torch import nn
 
 from .data import IMAGE_EXTENSIONS, eval_transform, load_image
 from .errors import UserError
-from .models import create_model
-from .recipes import config_from_dict
-from .training import build_run_model, eval_config
-from .weights import convert_state_dict, load_checkpoint, read_checkpoint_file, read_metadata, read_state_dict
 
 _DATA = Path(__file__).parent / "data"
 # Class counts of the released heads whose names ship with the package (see data/IMAGENET_CLASSES_SOURCE.md).
@@ -41,43 +36,6 @@ class Prediction:
     path: Path
     top: list[tuple[int, float]] = field(default_factory=list)
     error: str | None = None
-
-
-def load_model(name: str, *, checkpoint: str | os.PathLike | None = None,
-               pretrained: bool | str = False) -> nn.Module:
-    """A model in eval mode with real weights: released ones, or a checkpoint of any layout.
-
-    A checkpoint's own head decides the class count (a fine-tuned 10-class model stays a 10-class model).
-    A checkpoint ``convnext train`` wrote brings its run's architecture options, evaluation preprocessing
-    and class names (``pretrained_cfg["label_names"]``); so does a safetensors file ``convnext export``
-    wrote, through its metadata.
-    """
-    if checkpoint is None:
-        if not pretrained and "." not in name:
-            raise UserError(f"{name} needs weights: pass --checkpoint FILE or --pretrained [TAG] "
-                            "(`convnext models` lists the released tags)")
-        return create_model(name, pretrained=pretrained).eval()
-    if pretrained or "." in name:
-        raise UserError("give either --checkpoint or released weights (--pretrained / MODEL.TAG), not both")
-    raw = read_checkpoint_file(Path(checkpoint))  # read once: tensors, or the whole record of a training run
-    metadata = read_metadata(checkpoint) if Path(checkpoint).suffix == ".safetensors" else {}
-    run_config = raw.get("config") if isinstance(raw.get("config"), dict) else None
-    run_config = run_config or json.loads(metadata.get("run_config", "null"))
-    state = convert_state_dict(read_state_dict(raw))
-    head = state.get("head.weight")
-    if run_config:
-        config = config_from_dict(run_config)
-        if config.model != name:
-            raise UserError(f"{checkpoint} holds a {config.model} (trained with `convnext train`), not {name}")
-        model = build_run_model(config, 0 if head is None else head.shape[0])
-        model.run_config = run_config  # what rebuilds it, kept by `convnext export --format safetensors`
-        model.pretrained_cfg = dict(eval_config(config), label_names=raw.get("classes"))
-    else:
-        model = create_model(name, **({} if head is None else {"num_classes": head.shape[0]}))
-    load_checkpoint(model, state)
-    if "pretrained_cfg" in metadata:
-        model.pretrained_cfg = json.loads(metadata["pretrained_cfg"])
-    return model.eval()
 
 
 def read_labels(path: str | os.PathLike) -> list[ClassLabel]:

@@ -58,8 +58,9 @@ class TrainConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
     randaug_n: int = 2
-    randaug_m: float = 9.0
+    randaug_m: int = 9  # timm's 0..10 scale
     randaug_mstd: float = 0.5
+    color_jitter: float = 0.4  # only where RandAugment is off, as in timm and the official code
     reprob: float = 0.25
     mixup: float = 0.8
     cutmix: float = 1.0
@@ -76,6 +77,10 @@ class TrainConfig:
     save_every: int = 0  # also keep checkpoint-<epoch>.pt every N epochs (0: only last and best)
     save_every_steps: int = 0  # also refresh last.pt every N optimizer steps inside an epoch
     tensorboard: bool = False
+    # fitting the recipe to a run far shorter or smaller than the paper's (see fit_to_run)
+    fit_to_run: bool = False
+    lr_scaling: str = "linear"  # how lr follows the effective batch from lr_batch: linear or sqrt
+    given: tuple[str, ...] = ()  # the settings the user gave; fit_to_run never changes them
 
 
 # Stochastic depth per model, paper Tables 5 and 6 / TRAINING.md.
@@ -101,8 +106,70 @@ RECIPES: dict[str, dict] = {
     "demo": dict(model="convnext_atto", model_args={"dims": [24, 48, 96, 192], "depths": [1, 1, 3, 1]},
                  res=32, crop_pct=1.0, epochs=12, warmup_epochs=1, batch_size=64, lr=4e-3, lr_batch=64,
                  weight_decay=0.05, crop_scale=(0.6, 1.0), crop_ratio=(0.8, 1.25), hflip=0.0, randaug_n=0,
-                 reprob=0.0, mixup=0.0, cutmix=0.0, ema=False, drop_path=0.0, workers=0, output="runs/demo"),
+                 color_jitter=0.0, reprob=0.0, mixup=0.0, cutmix=0.0, ema=False, drop_path=0.0, workers=0,
+                 output="runs/demo"),
 }
+
+
+# The paper warms up for 20 of its 300 epochs: a fitted run keeps that share at most.
+WARMUP_SHARE = 20 / 300
+# An EMA of decay d averages over ~1 / (1 - d) steps; a run shorter than this many such horizons leaves the
+# EMA weights mostly at their starting values.
+EMA_MIN_HORIZONS = 2
+# Below this many optimizer steps a run is "short": the paper's strong regularisation (Mixup/CutMix, random
+# erasing) keeps such a run from fitting at all.
+SHORT_RUN_STEPS = 2000
+
+
+def scaled_lr(config: TrainConfig, eff_batch: int) -> float:
+    """The peak lr at ``eff_batch``: ``lr`` is given for ``lr_batch`` images and scaled linearly (the paper's
+    rule) or by the square root of the batch ratio (``lr_scaling="sqrt"``)."""
+    ratio = eff_batch / config.lr_batch
+    return config.lr * (ratio if config.lr_scaling == "linear" else ratio ** 0.5)
+
+
+def ema_warning(config: TrainConfig, total_steps: int) -> str | None:
+    """Why the EMA weights of this run would be meaningless, or None."""
+    horizon = 1 / (1 - config.ema_decay) if config.ema_decay < 1 else float("inf")
+    if config.ema and total_steps < EMA_MIN_HORIZONS * horizon:
+        return (f"EMA decay {config.ema_decay:g} averages over ~{horizon:,.0f} steps but the run has "
+                f"{total_steps}: the EMA weights stay close to their initial values")
+    return None
+
+
+def fit_to_run(config: TrainConfig, train_images: int, world_size: int = 1) -> list[str]:
+    """Adapt a recipe made for 300 ImageNet epochs at batch 4096 to this run's length and batch.
+
+    Only settings the user did not give are changed; returns one line per change, saying why. The
+    recipes themselves stay untouched: a run with ``fit_to_run`` off uses them exactly.
+    """
+    if not config.fit_to_run:
+        return []
+    notes: list[str] = []
+
+    def change(key: str, value, why: str) -> None:
+        if key in config.given or getattr(config, key) == value:
+            return
+        notes.append(f"{key} {getattr(config, key)!r} -> {value!r}: {why}")
+        setattr(config, key, value)
+
+    eff_batch = config.batch_size * config.accum_steps * world_size
+    steps = max(train_images // eff_batch, 1) * config.epochs
+    if eff_batch < config.lr_batch and "lr" not in config.given:
+        ratio = eff_batch / config.lr_batch
+        change("lr_scaling", "sqrt", f"linear scaling from batch {config.lr_batch} to {eff_batch} starves the "
+               f"run (lr {config.lr * ratio:.2g}); square-root scaling gives {config.lr * ratio ** 0.5:.2g}")
+    change("warmup_epochs", min(config.warmup_epochs, round(config.epochs * WARMUP_SHARE, 2)),
+           f"warm-up kept to the paper's share of the run ({WARMUP_SHARE:.1%})")
+    why_not_ema = ema_warning(config, steps)
+    if why_not_ema:
+        change("ema", False, why_not_ema)
+    if steps < SHORT_RUN_STEPS:
+        why = f"a {steps}-step run is too short for the paper's regularisation (made for ~94k steps)"
+        change("mixup", 0.0, why)
+        change("cutmix", 0.0, why)
+        change("reprob", 0.0, why)
+    return notes
 
 
 def _field_types() -> dict[str, type]:
@@ -151,7 +218,10 @@ def resolve_config(recipe: str = "in1k", settings: list[str] | tuple[str, ...] =
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise UserError(f"bad setting {item!r}: expected key=value with a known key{hint}")
         values[key] = _parse(key, text, getattr(defaults, key))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values.update(given)
+    values["given"] = tuple(sorted(set(values.get("given", ())) | set(given) | {
+        item.partition("=")[0].strip().replace("-", "_") for item in settings}))
     config = TrainConfig(**values)
     if config.drop_path is None:
         config.drop_path = _DROP_PATH.get(recipe, {}).get(config.model, 0.0)

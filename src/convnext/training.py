@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import re
 import sys
 import time
@@ -20,6 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -29,12 +31,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from .augment import BatchAugment
+from .augment import BatchMix, host_rng_state, seeded, set_host_rng_state, train_transform
 from .data import Digits, EpochSampler, EvalImages, TrainImages, image_folders
 from .errors import UserError
 from .evaluation import evaluate
-from .models import ConvNeXt, ConvNeXtIsotropic, build_model
-from .recipes import TrainConfig, config_dict
+from .loading import build_run_model, eval_config
+from .models import ConvNeXt, ConvNeXtIsotropic
+from .recipes import TrainConfig, config_dict, ema_warning, fit_to_run, scaled_lr
+from .runlog import plot_augmented, plot_curves
 from .weights import load_checkpoint
 
 # --- schedule and parameter groups -------------------------------------------------------------------------
@@ -199,7 +203,7 @@ def read_training_state(path: str | os.PathLike) -> dict:
 
 
 def _rng_state(device: torch.device) -> dict:
-    state = {"cpu": torch.get_rng_state()}
+    state = {"cpu": torch.get_rng_state(), **host_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
@@ -207,6 +211,7 @@ def _rng_state(device: torch.device) -> dict:
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["cpu"])
+    set_host_rng_state(state)
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
 
@@ -226,52 +231,7 @@ def _write_metrics(path: Path, history: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss (train, validation) and accuracy (top-1, top-5, EMA top-1) per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        if any(row.get(key) is not None for row in history):
-            loss_ax.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
-    for key, label in (("val_top1", "top-1"), ("val_top5", "top-5"), ("ema_top1", "EMA top-1")):
-        if any(row.get(key) is not None for row in history):
-            acc_ax.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 # --- the run -----------------------------------------------------------------------------------------------
-
-
-def build_run_model(config: TrainConfig, num_classes: int) -> nn.Module:
-    """The model with the run's regularisation; options left at neutral values are not passed, so any
-    registered builder works."""
-    kwargs = dict(config.model_args, num_classes=num_classes)
-    if config.drop_path:
-        kwargs["drop_path_rate"] = config.drop_path
-    if config.head_init_scale != 1.0:
-        kwargs["head_init_scale"] = config.head_init_scale
-    if config.layer_scale_init is not None:
-        kwargs["layer_scale_init_value"] = config.layer_scale_init
-    return build_model(config.model, **kwargs)
-
-
-def eval_config(config: TrainConfig) -> dict:
-    """The evaluation preprocessing of a run, in ``pretrained_cfg`` form (what ``eval_transform`` takes)."""
-    return dict(input_size=(3, config.res, config.res), crop_pct=config.crop_pct,
-                interpolation=config.interpolation, mean=tuple(config.mean), std=tuple(config.std))
 
 
 def _datasets(config: TrainConfig):
@@ -280,6 +240,28 @@ def _datasets(config: TrainConfig):
             raise UserError("--val-data needs --data")
         return Digits("train"), Digits("val")
     return image_folders(config.data, config.val_data)
+
+
+def usable_workers(requested: int, processes_per_machine: int = 1) -> int:
+    """DataLoader workers capped at this process's share of the CPU cores it may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(requested, max(1, cores // processes_per_machine))
+
+
+_SAMPLE_EPOCH = 2**31  # the seed key of augment.png: an epoch no run reaches
+
+
+def save_augmented_sample(train_set: TrainImages, mix: BatchMix, classes: list[str], config: TrainConfig,
+                          path: Path, count: int = 16) -> None:
+    """``augment.png``: images spread over the training set, augmented as epoch 1 shows them, then mixed.
+
+    Drawn under its own seed, so writing it changes nothing in the run."""
+    count = min(count, len(train_set)) // 2 * 2
+    picks = np.linspace(0, len(train_set) - 1, count).round().astype(int).tolist()
+    with seeded(config.seed, _SAMPLE_EPOCH):
+        images, labels, _ = zip(*(train_set[(i, 0)] for i in picks), strict=True)
+        x, targets = mix(torch.stack(images), torch.tensor(labels))
+    plot_augmented(x, targets, classes, config.mean, config.std, path)
 
 
 def _finite(model: nn.Module) -> bool:
@@ -312,12 +294,20 @@ def train(config: TrainConfig, *, resume: bool = True,
     if steps_per_epoch == 0:
         raise UserError(f"the training set has {len(train_src)} images, fewer than one effective batch "
                         f"({eff_batch}); lower --batch-size")
+    for note in fit_to_run(config, len(train_src), rt.world_size):
+        say(f"fitted to this run: {note}")
+    workers = usable_workers(config.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if workers < config.workers:
+        say(f"DataLoader workers {config.workers} -> {workers}: no more than this process's CPU cores")
+        config.workers = workers
     total_steps = steps_per_epoch * config.epochs
     warmup_steps = round(config.warmup_epochs * steps_per_epoch)
-    lr = config.lr * eff_batch / config.lr_batch
+    lr = scaled_lr(config, eff_batch)
     say(f"effective batch {eff_batch} = {config.batch_size} per device x {config.accum_steps} accumulation "
         f"x {rt.world_size} processes; lr {config.lr:g} given for batch {config.lr_batch}, "
-        f"scaled linearly: {lr:.4g}")
+        f"scaled ({config.lr_scaling}): {lr:.4g}")
+    if ema_warning(config, total_steps):
+        say(f"warning: {ema_warning(config, total_steps)} (--set ema_decay=... or ema=false)")
     say(f"{len(train_src)} training images in {len(classes)} classes"
         + (f", {len(val_src)} validation images" if val_src is not None else ", no validation set"))
 
@@ -359,6 +349,8 @@ def train(config: TrainConfig, *, resume: bool = True,
     best_ema = dict(top1=-1.0, epoch=None)
     elapsed = 0.0
     torch.manual_seed(config.seed + rt.rank)
+    random.seed(config.seed + rt.rank)
+    np.random.seed(config.seed + rt.rank)
     if saved is not None:
         model.load_state_dict(saved["model"])
         if ema is not None and saved["model_ema"] is not None:
@@ -376,12 +368,16 @@ def train(config: TrainConfig, *, resume: bool = True,
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
         _write_json(out / "config.json", config_dict(config))
-    augment = BatchAugment(len(classes), config.mean, config.std, randaug_n=config.randaug_n,
-                           randaug_m=config.randaug_m, randaug_mstd=config.randaug_mstd, reprob=config.reprob,
-                           mixup=config.mixup, cutmix=config.cutmix, mixup_prob=config.mixup_prob,
-                           mixup_switch_prob=config.mixup_switch_prob, smoothing=config.smoothing)
-    train_set = TrainImages(train_src, config.res, scale=config.crop_scale, ratio=config.crop_ratio,
-                            hflip=config.hflip, interpolation=config.interpolation, seed=config.seed)
+    mix = BatchMix(len(classes), mixup=config.mixup, cutmix=config.cutmix, prob=config.mixup_prob,
+                   switch_prob=config.mixup_switch_prob, smoothing=config.smoothing)
+    transform = train_transform(config.res, config.mean, config.std, scale=config.crop_scale,
+                                ratio=config.crop_ratio, hflip=config.hflip, interpolation=config.interpolation,
+                                randaug_n=config.randaug_n, randaug_m=config.randaug_m,
+                                randaug_mstd=config.randaug_mstd, color_jitter=config.color_jitter,
+                                reprob=config.reprob)
+    train_set = TrainImages(train_src, transform, seed=config.seed)
+    if rt.main and not (out / "augment.png").exists():
+        save_augmented_sample(train_set, mix, classes, config, out / "augment.png")
     sampler = EpochSampler(train_set, world_size=rt.world_size, rank=rt.rank, seed=config.seed)
     pin = rt.device.type == "cuda"
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, drop_last=True,
@@ -437,7 +433,7 @@ def train(config: TrainConfig, *, resume: bool = True,
                 bad_images.update(int(i) for i in bad[bad >= 0])
                 images = images.to(rt.device, non_blocking=True)
                 labels = labels.to(rt.device, non_blocking=True)
-                x, targets = augment(images, labels)
+                x, targets = mix(images, labels)
                 if config.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 sync = micro == config.accum_steps - 1 or rt.world_size == 1

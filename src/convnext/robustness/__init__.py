@@ -26,7 +26,7 @@ def evaluate_robustness(model: nn.Module | Subject, suites: dict[str, str | os.P
                         restart: bool = False) -> dict:
     """Score ``model`` (and ``baseline``) on each suite -> data folder (None: the held-out digits, for ``c``
     and ``clean``). Results are kept under ``output`` and reused when rerun; returns the summary (see
-    ``summarise``) with the settings. A module needs ``pretrained_cfg`` (``predict.load_model`` sets it)."""
+    ``summarise``) with the settings. A module needs ``pretrained_cfg`` (``convnext.loading.load_model`` sets it)."""
     subjects = [m if isinstance(m, Subject) else Subject(label, m)
                 for label, m in (("model", model), ("baseline", baseline)) if m is not None]
     jobs = []

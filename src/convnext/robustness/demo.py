@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..predict import load_model
+from ..loading import load_model
 from ..recipes import resolve_config
 from ..training import train
 from .runner import Subject, identity_of

@@ -1,0 +1,66 @@
+"""What a run leaves for people to look at: training curves and a grid of what the model is shown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss (train, validation) and accuracy (top-1, top-5, EMA top-1) per epoch, as a PNG."""
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        if any(row.get(key) is not None for row in history):
+            loss_ax.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
+    for key, label in (("val_top1", "top-1"), ("val_top5", "top-5"), ("ema_top1", "EMA top-1")):
+        if any(row.get(key) is not None for row in history):
+            acc_ax.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def soft_label_text(target: torch.Tensor, classes: Sequence[str], floor: float = 0.05) -> str:
+    """``"cat 0.62 + rocket 0.33"``: the classes a soft target gives more than ``floor``, largest first."""
+    weights, order = target.float().sort(descending=True)
+    parts = [f"{classes[i]} {w:.2f}" for w, i in zip(weights.tolist(), order.tolist(), strict=True) if w > floor]
+    return " + ".join(parts[:3])
+
+
+def plot_augmented(images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], mean: Sequence[float],
+                   std: Sequence[float], path: Path, columns: int = 4) -> None:
+    """A grid of normalised training images (after every augmentation and mixing) with their soft labels."""
+    plt = _pyplot()
+    pixels = images.float() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    pixels = pixels.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    rows = int(np.ceil(len(pixels) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 2.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, target in zip(axes.flat, pixels, targets, strict=False):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(soft_label_text(target, classes), fontsize=7)
+    fig.suptitle("what the model is shown: augmented training images and their (soft) labels", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
