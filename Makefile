@@ -1,4 +1,4 @@
-# One place for the torch pin: a CPU build on this kind of machine. On a CUDA machine: make TORCH_SPEC=torch ...
+# The one place the stack is pinned: the standard PyPI builds of torch and torchvision (they run on CPUs and CUDA GPUs).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 VENV ?= .venv
 PY := $(VENV)/bin/python
