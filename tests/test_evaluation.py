@@ -89,3 +89,16 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, capsys, argv, messa
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_evaluate_without_model_rebuilds_a_run_without_layer_scale(tmp_path, capsys):
+    data = make_folder(tmp_path / "data")
+    config = resolve_config("demo", [TINY, "epochs=1", "batch_size=8", "layer_scale_init=0"], data=str(data),
+                            output=str(tmp_path / "run"))
+    train(config, log=lambda text: None)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(data), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["model"] == "convnext_atto" and metrics["count"] == 9
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(data),
+                 "--model", "convnext_femto"]) == 2
+    assert "holds a convnext_atto" in capsys.readouterr().err
