@@ -35,8 +35,8 @@ from .engine.validate import validate
 from .errors import UserError
 from .files import atomic_write
 from .loading import build_run_model, eval_config
+from .plots import plot_augmented
 from .recipes import TrainConfig, config_dict, ema_warning, fit_to_run, scaled_lr
-from .runlog import plot_augmented
 from .weights import load_checkpoint
 
 __all__ = ["Runtime", "layer_ids", "lr_at", "param_groups", "setup_runtime", "train", "usable_workers"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import atomic_write, atomic_write_text
-from ..runlog import plot_curves
+from ..plots import plot_curves
 
 PRIVATE_KEYS = ("bad_images",)  # kept in checkpoints for the count of skipped images, not in metrics.jsonl
 
