@@ -7,6 +7,7 @@ from PIL import Image
 from torch import nn
 
 from convnext.cli import main
+from convnext.errors import UserError
 from convnext.evaluation import evaluate, evaluate_checkpoint
 from convnext.recipes import resolve_config
 from convnext.training import train
@@ -102,3 +103,12 @@ def test_evaluate_without_model_rebuilds_a_run_without_layer_scale(tmp_path, cap
     assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--data", str(data),
                  "--model", "convnext_femto"]) == 2
     assert "holds a convnext_atto" in capsys.readouterr().err
+
+
+def test_other_class_folders_are_named(trained, tmp_path):
+    _, run = trained
+    for name in ("a", "b", "zebra"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((34, 34, 3), dtype=np.uint8)).save(tmp_path / name / "0.png")
+    with pytest.raises(UserError, match=r"missing \['c'\], extra \['zebra'\]"):
+        evaluate_checkpoint(None, run / "best.pt", tmp_path)

@@ -16,8 +16,9 @@ from .robustness.runner import Subject, identity_of
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("robustness", help="ImageNet-C mCE, C-bar, A, R and Sketch (the paper's Table 8) for any "
-                       "model; corruptions made on the fly for any data set; --demo on the digits")
+    what = ("ImageNet-C mCE, C-bar, A, R and Sketch (the paper's Table 8) for any model; corruptions made on the "
+            "fly for any data set; --demo on the digits")
+    p = sub.add_parser("robustness", help=what, description=what)
     p.add_argument("--checkpoint", metavar="CKPT", help="weights of any supported layout")
     p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
                    help="released weights of --model instead (the default tag when TAG is left out)")

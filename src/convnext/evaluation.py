@@ -100,7 +100,10 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike,
     model = load_model(model_name, checkpoint=checkpoint, key="model_ema" if ema else None)
     trained = model.pretrained_cfg.get("label_names")
     if trained is not None and list(trained) != classes:
-        raise UserError(f"the checkpoint was trained on classes {trained[:5]}..., the data has {classes[:5]}...")
+        missing, extra = sorted(set(trained) - set(classes)), sorted(set(classes) - set(trained))
+        what = f"missing {missing[:5]}, extra {extra[:5]}" if missing or extra else "in another order"
+        raise UserError(f"the data's class folders differ from the {len(trained)} classes the checkpoint was "
+                        f"trained on: {what}")
     if model.num_classes != len(classes):
         raise UserError(f"the checkpoint's head has {model.num_classes} classes, the data {len(classes)}")
     config = {k: v for k, v in model.pretrained_cfg.items() if k != "label_names"}
