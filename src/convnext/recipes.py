@@ -324,6 +324,7 @@ def resolve_config(recipe: str = "in1k", settings: list[str] | tuple[str, ...] =
         raise UserError(f"unknown recipe {recipe!r}; choose from {', '.join(RECIPES)}")
     values = {**RECIPES[recipe], "recipe": recipe}
     defaults = TrainConfig()
+    named = set()  # every key the user set: fit_to_run leaves them alone
     for item in settings:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
@@ -332,10 +333,10 @@ def resolve_config(recipe: str = "in1k", settings: list[str] | tuple[str, ...] =
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise UserError(f"bad setting {item!r}: expected key=value with a known key{hint}")
         values[key] = _parse(key, text, getattr(defaults, key))
+        named.add(key)
     given = {k: v for k, v in overrides.items() if v is not None}
     values.update(given)
-    values["given"] = tuple(sorted(set(values.get("given", ())) | set(given) | {
-        item.partition("=")[0].strip().replace("-", "_") for item in settings}))
+    values["given"] = tuple(sorted(set(values.get("given", ())) | named | set(given)))
     config = TrainConfig(**values)
     if config.drop_path is None:
         config.drop_path = _DROP_PATH.get(recipe, {}).get(config.model, 0.0)

@@ -105,8 +105,9 @@ def plan_run(config: TrainConfig, train_images: int, rt: Runtime, say: Callable[
         f"x {rt.world_size} processes; " + (f"lr {plan.lr:.4g}, used as is" if config.lr_scaling == "none" else
                                              f"lr {config.lr:g} given for batch {config.lr_batch}, "
                                              f"scaled ({config.lr_scaling}): {plan.lr:.4g}"))
-    if ema_warning(config, total_steps):
-        say(f"warning: {ema_warning(config, total_steps)} (--set ema_decay=... or ema=false)")
+    why_not_ema = ema_warning(config, total_steps)
+    if why_not_ema:
+        say(f"warning: {why_not_ema} (--set ema_decay=... or ema=false)")
     return plan
 
 
