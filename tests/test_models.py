@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from convnext import UserError, check_input, create_model, list_models
 from convnext.complexity import count_macs_and_activations
@@ -239,3 +240,21 @@ def test_torch_compile_traces_the_whole_model_in_one_graph():
     assert torch._dynamo.explain(model)(x).graph_break_count == 0
     with torch.no_grad():
         assert torch._dynamo.explain(model.eval())(x).graph_break_count == 0
+
+
+def test_bf16_autocast_training_step_on_cpu():
+    """`--amp` on a CPU: the forward runs in bf16, the depthwise backward casts back to each input's dtype."""
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=5, dims=(8, 16, 32, 64), depths=(2, 1, 1, 1),
+                         layer_scale_init_value=0.5)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+    F.cross_entropy(model(x), y).backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == torch.float32, name
+        cosine = F.cosine_similarity(p.grad.flatten(), reference[name].flatten(), dim=0)
+        assert cosine > 0.9, (name, cosine)

@@ -64,15 +64,19 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_b = grad.sum((0, 2, 3)) if need_b and ctx.has_bias else None
-        if x.device.type == "cpu" and x.dtype == torch.float32:
-            flipped = weight.flip(-2, -1)
+        # Under autocast the forward ran in the gradient's dtype (bf16), not the saved tensors' dtypes.
+        xc, wc = x.to(grad.dtype), weight.to(grad.dtype)
+        grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype) if need_b and ctx.has_bias else None
+        if x.device.type == "cpu" and grad.dtype == torch.float32:
+            flipped = wc.flip(-2, -1)
             grad_x = F.conv2d(grad, flipped, padding=ctx.padding, groups=weight.shape[0]) if need_x else None
-            grad_w = _depthwise_weight_grad(x, grad, ctx.padding) if need_w else None
+            grad_w = _depthwise_weight_grad(xc, grad, ctx.padding) if need_w else None
         else:  # elsewhere the library's own backward is the fast one
             grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], [ctx.padding] * 2, [1, 1], False, [0, 0], weight.shape[0],
+                grad, xc, wc, None, [1, 1], [ctx.padding] * 2, [1, 1], False, [0, 0], weight.shape[0],
                 [need_x, need_w, False])
+        grad_x = grad_x.to(x.dtype) if grad_x is not None else None
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
         return grad_x, grad_w, grad_b, None
 
 
