@@ -30,6 +30,8 @@ CPU_SETTINGS = {
     "training fp32": dict(batches=[16], train=True, dtype="fp32"),
     "inference bf16": dict(batches=[32], train=False, dtype="bf16"),
     "training bf16": dict(batches=[16], train=True, dtype="bf16"),
+    # Our INT8 model (`convnext quantize`) against our float32 eager model and OpenVINO's / ONNX Runtime's INT8.
+    "inference int8": dict(batches=[32], train=False, dtype="int8"),
     # One thread, timed by the CPU time it used: what a shared machine's other load cannot inflate.
     "inference fp32 / 1 thread / CPU time": dict(batches=[1, 32], train=False, dtype="fp32", threads=1,
                                                clock="thread_time"),

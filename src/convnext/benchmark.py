@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -27,11 +28,14 @@ from torch import nn
 from .complexity import model_info
 from .errors import UserError
 from .models import ConvNeXt, build_model
+from .weights import data_config
 
 PEERS = ("hf", "timm", "torchvision")
 RUNTIMES = ("onnxruntime", "openvino")
-OURS = ("convnext", "convnext-fused")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OURS = ("convnext", "convnext-fused", "convnext-int8")
+# int8: our quantized model (convnext.quantize) against our float32 eager model and the runtimes' own INT8
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
+CALIBRATION_IMAGES = 32  # random images: speed does not depend on what the ranges were measured on
 ROUND_SECONDS = 0.5  # a timed round repeats the step until it lasts about this long
 NUM_CLASSES = 1000
 
@@ -91,43 +95,84 @@ class _OnnxRunner(nn.Module):
         return torch.from_numpy(self.run(x.numpy()))
 
 
+@functools.cache
+def _scratch() -> tempfile.TemporaryDirectory:
+    """One folder for this process's exported graphs, removed when the process ends."""
+    return tempfile.TemporaryDirectory(prefix="convnext-bench-")
+
+
 @functools.cache  # one export serves every runtime
 def _our_onnx(name: str, res: int) -> str:
-    import tempfile
-
     from .export import export_onnx
 
     model = build_model(name, num_classes=NUM_CLASSES).eval()
-    path = os.path.join(tempfile.mkdtemp(prefix="convnext-bench-"), f"{name}.onnx")
+    path = os.path.join(_scratch().name, f"{name}-{res}.onnx")
     return str(export_onnx(model.fuse_for_inference(), path, res=res))
 
 
-def _onnxruntime(name: str, res: int) -> nn.Module | str:
+def _calibration(res: int) -> torch.Tensor:
+    return torch.randn(CALIBRATION_IMAGES, 3, res, res, generator=torch.Generator().manual_seed(1))
+
+
+def _onnxruntime(name: str, res: int, dtype: str) -> nn.Module | str:
     if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
         return "onnxruntime or onnxscript is not installed"
+    if dtype == "bf16":
+        return "ONNX Runtime has no bf16 CPU kernels"
     import onnxruntime
 
+    path = _our_onnx(name, res)
+    if dtype == "int8":  # ONNX Runtime's own static quantization, its defaults (QDQ, per-tensor)
+        from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self.batches = iter([{"images": b.numpy()} for b in _calibration(res).split(8)])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        path, source = path.replace(".onnx", ".ort-int8.onnx"), path
+        quantize_static(source, path, Reader())
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(_our_onnx(name, res), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     return _OnnxRunner(lambda x: session.run(None, {"images": x})[0])
 
 
-def _openvino(name: str, res: int) -> nn.Module | str:
+def _openvino(name: str, res: int, dtype: str) -> nn.Module | str:
     if importlib.util.find_spec("openvino") is None or importlib.util.find_spec("onnxscript") is None:
         return "openvino or onnxscript is not installed"
     import openvino
 
     core = openvino.Core()
-    compiled = core.compile_model(_our_onnx(name, res), "CPU",
-                                  {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"})
+    model = core.read_model(_our_onnx(name, res))
+    if dtype == "int8":  # OpenVINO's own INT8: NNCF with its default settings
+        if importlib.util.find_spec("nncf") is None:
+            return "nncf is not installed"
+        import nncf
+
+        model = nncf.quantize(model, nncf.Dataset([b.numpy() for b in _calibration(res).split(8)]))
+    precision = {"bf16": "bf16"}.get(dtype, "f32")
+    compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                 "INFERENCE_PRECISION_HINT": precision})
     return _OnnxRunner(lambda x: compiled(x)[0])
+
+
+def _our_int8(name: str, res: int) -> nn.Module | str:
+    if any(importlib.util.find_spec(m) is None for m in ("openvino", "nncf", "onnxscript")):
+        return "openvino, nncf or onnxscript is not installed"
+    from .quantize import quantize
+
+    model = build_model(name, num_classes=NUM_CLASSES).eval()
+    model.pretrained_cfg = data_config(res)
+    return quantize(model, _calibration(res))
 
 
 PEER_BUILDERS: dict[str, Callable[[str], nn.Module | str]] = {"hf": _hf, "timm": _timm,
                                                                 "torchvision": _torchvision}
 # Runtimes that run our own exported graph: CPU float32 inference only.
-RUNTIME_BUILDERS: dict[str, Callable[[str, int], nn.Module | str]] = {"onnxruntime": _onnxruntime,
+RUNTIME_BUILDERS: dict[str, Callable[[str, int, str], nn.Module | str]] = {"onnxruntime": _onnxruntime,
                                                                       "openvino": _openvino}
 
 
@@ -243,13 +288,16 @@ def _spread(values: Sequence[float]) -> dict:
 
 
 def _contenders(name: str, peers: Sequence[str], extra_peers: dict[str, Callable[[str], nn.Module | str]],
-                train: bool, runtimes: Sequence[str], res: int, skipped: dict[str, str]) -> dict[str, nn.Module]:
+                train: bool, runtimes: Sequence[str], res: int, dtype: str, skipped: dict[str, str]
+                ) -> dict[str, nn.Module]:
     ours = build_model(name, num_classes=NUM_CLASSES)
     models = {"convnext": ours}
-    if not train:
+    if dtype == "int8":  # against our float model and the runtimes' INT8 only
+        peers, extra_peers = [], {"convnext-int8": lambda n: _our_int8(n, res)}
+    elif not train:
         models["convnext-fused"] = ours.fuse_for_inference()
     builders = {peer: PEER_BUILDERS[peer] for peer in peers} | extra_peers
-    builders |= {runtime: (lambda n, build=RUNTIME_BUILDERS[runtime]: build(n, res)) for runtime in runtimes}
+    builders |= {runtime: (lambda n, build=RUNTIME_BUILDERS[runtime]: build(n, res, dtype)) for runtime in runtimes}
     for peer, builder in builders.items():
         built = builder(name)
         if isinstance(built, str):
@@ -301,6 +349,9 @@ def run_benchmark(
         raise UserError(f"need at least one round and a non-negative warm-up, got {rounds} and {warmup}")
     if dtype not in DTYPES:
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "int8" and (train or torch.device(device).type != "cpu" or compile_mode):
+        raise UserError("--dtype int8 measures CPU inference of our quantized model: leave out --train, "
+                        "--device and --compile")
     unknown = [p for p in peers if p not in PEER_BUILDERS and p not in RUNTIME_BUILDERS]
     if unknown:
         raise UserError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS + RUNTIMES)}")
@@ -316,13 +367,13 @@ def run_benchmark(
         info = model_info(_meta(name), res)
         flops_per_image = 2 * info["gmacs"] * 1e9 * (3 if train else 1)
         runtimes = [r for r in peers if r in RUNTIME_BUILDERS]
-        if runtimes and (train or device.type != "cpu" or dtype != "fp32" or compile_mode):
-            report["skipped"] |= {f"{name}/{r}": "runs our ONNX graph: CPU float32 inference only" for r in runtimes}
+        if runtimes and (train or device.type != "cpu" or dtype == "fp16" or compile_mode):
+            report["skipped"] |= {f"{name}/{r}": "runs our ONNX graph: CPU inference only" for r in runtimes}
             runtimes = []
         built = _contenders(name, [p for p in peers if p in PEER_BUILDERS], extra_peers or {}, train, runtimes, res,
-                            report["skipped"])
-        contenders = {impl: m if impl in RUNTIME_BUILDERS else _prepare(m, device, channels_last, compile_mode)
-                      for impl, m in built.items()}
+                            dtype, report["skipped"])
+        contenders = {impl: m if impl in RUNTIME_BUILDERS or impl == "convnext-int8"
+                      else _prepare(m, device, channels_last, compile_mode) for impl, m in built.items()}
         for batch in batches:
             x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device)
             if channels_last:
@@ -351,9 +402,11 @@ def run_benchmark(
                            tflops=median * flops_per_image / 1e12,
                            peak_mem_mb=peak_memory(step, device) / 2**20, params=info["params"],
                            gmacs=info["gmacs"])
-                if impl in OURS:
+                if impl in OURS and not (dtype == "int8" and impl == "convnext"):
+                    # INT8 is measured against our own float32 eager model too
+                    baselines = [p for p in steps if p not in OURS or (dtype == "int8" and p == "convnext")]
                     row["ratio"] = {peer: _spread([a / b for a, b in zip(speeds[impl], speeds[peer], strict=True)])
-                                    for peer in steps if peer not in OURS}
+                                    for peer in baselines if peer != impl}
                 report["results"].append(row)
     return report
 

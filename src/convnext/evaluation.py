@@ -91,13 +91,21 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike,
         raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
     if res is not None and res < 32:
         raise UserError(f"--res must be at least 32 (the networks downsample 32x), got {res}")
+    model = load_model(model_name, checkpoint=checkpoint, key="model_ema" if ema else None)
+    metrics = evaluate_model(model, data, res=res, batch_size=batch_size, workers=workers, device=device)
+    return dict(metrics, checkpoint=str(checkpoint), ema=ema)
+
+
+def evaluate_model(model: nn.Module, data: str | os.PathLike | None = None, *, res: int | None = None,
+                   batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu") -> dict:
+    """`evaluate` of a loaded model (with its ``pretrained_cfg``) on an image folder (``DIR/val`` when present)
+    or the held-out digits, after checking that the data's classes are the model's."""
     if data is None:
         source = Digits("val")
     else:
         root = os.path.join(data, "val") if os.path.isdir(os.path.join(data, "val")) else data
         source = ImageFolder(root)
     classes = list(source.classes)
-    model = load_model(model_name, checkpoint=checkpoint, key="model_ema" if ema else None)
     trained = model.pretrained_cfg.get("label_names")
     if trained is not None and list(trained) != classes:
         missing, extra = sorted(set(trained) - set(classes)), sorted(set(classes) - set(trained))
@@ -112,5 +120,5 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike,
     loader = DataLoader(EvalImages(source, config), batch_size=batch_size, num_workers=workers)
     device = torch.device(device)
     metrics = evaluate(model.to(device), loader, len(classes), device=device)
-    return dict(metrics, classes=classes, model=model.model_name, checkpoint=str(checkpoint), ema=ema,
-                res=config["input_size"][-1], crop_pct=config["crop_pct"])
+    return dict(metrics, classes=classes, model=model.model_name, res=config["input_size"][-1],
+                crop_pct=config["crop_pct"])

@@ -67,6 +67,8 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
     if pretrained or (name is not None and "." in name):
         raise UserError("give either --checkpoint or released weights (--pretrained / MODEL.TAG), not both")
     path = Path(checkpoint)
+    if path.suffix == ".xml":  # an INT8 model `convnext quantize` wrote
+        return _quantized(name, path)
     raw = read_checkpoint_file(path)  # read once: tensors, or the whole record of a training run
     run_config = _run_config(raw, path)
     if key is not None and key in raw and raw[key] is None:
@@ -90,4 +92,13 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
     if "pretrained_cfg" in metadata:
         model.pretrained_cfg = json.loads(metadata["pretrained_cfg"])
     model.model_name = model.run_config["model"] if run_config else name
+    return model.eval()
+
+
+def _quantized(name: str | None, path: Path) -> nn.Module:
+    from .quantize import load_quantized
+
+    model = load_quantized(path)
+    if name is not None and model.model_name != name:
+        raise UserError(f"{path} holds an INT8 {model.model_name}, not {name}")
     return model.eval()

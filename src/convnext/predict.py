@@ -98,7 +98,7 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, topk: int =
         raise UserError(f"--topk and --batch-size must be at least 1, got {topk} and {batch_size}")
     model.eval()
     transform = eval_transform(model.pretrained_cfg)
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # an INT8 OpenVINO model has none: CPU
     for start in range(0, len(paths), batch_size):
         batch = [Prediction(Path(p)) for p in paths[start:start + batch_size]]
         images = []

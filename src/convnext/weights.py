@@ -421,12 +421,12 @@ def load_checkpoint(
     )
     if mismatched or (strict and (missing or unexpected)):
         name = getattr(model, "model_name", type(model).__name__)
-        parts = [f"checkpoint does not fit {name}:"]
+        parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if items:
-                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-                parts.append(f"  {label} keys: {shown}")
-        raise UserError("\n".join(parts))
+                shown = ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
+                parts.append(f"{label} keys: {shown}")
+        raise UserError(f"checkpoint does not fit {name} (is it another model's?): {'; '.join(parts)}")
     model.load_state_dict(state_dict, strict=False)
     return LoadReport(missing, unexpected)
 

@@ -1,0 +1,114 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import convnext.quantize as quantize
+from convnext import UserError, create_model
+from convnext.cli import main
+from convnext.data import Digits
+from convnext.export import export_safetensors
+from convnext.loading import load_model
+from convnext.weights import data_config
+
+RES = 32
+# INT8 logits may stray from float32 by this share of the float logits' largest magnitude
+TOLERANCE = 0.1
+
+
+def _write_digits(split: str, folder: Path, per_class: int) -> Path:
+    digits, counts = Digits(split), {}
+    for i in range(len(digits)):
+        image, label = digits.load(i)
+        if counts.get(label, 0) < per_class:
+            counts[label] = counts.get(label, 0) + 1
+            (folder / str(label)).mkdir(parents=True, exist_ok=True)
+            image.resize((RES, RES)).save(folder / str(label) / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A float model with a non-trivial head (so INT8 errors would show in its logits), saved as safetensors
+    with its preprocessing, and folders of real digit scans to calibrate and validate on."""
+    root = tmp_path_factory.mktemp("int8")
+    torch.manual_seed(0)
+    model = create_model("convnext_atto", num_classes=10).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(20)
+    model.pretrained_cfg = dict(data_config(RES), crop_pct=1.0)
+    model.model_name = "convnext_atto"
+    ckpt = export_safetensors(model, root / "float.safetensors")
+    calibrate = _write_digits("train", root / "calibrate", 4)
+    val = _write_digits("val", root / "val", 2)
+    out = root / "atto-int8.xml"
+    args = ["quantize", "--model", "convnext_atto", "--checkpoint", str(ckpt), "--calibrate", str(calibrate),
+            "--val", str(val), "--out", str(out), "--json"]
+    return dict(model=model, ckpt=ckpt, calibrate=calibrate, val=val, out=out, args=args, root=root)
+
+
+def test_quantize_cli_end_to_end(setup, capsys):
+    assert main(setup["args"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    calibration = report["calibration"]
+    assert calibration["count"] == 40
+    assert calibration["max_logit_diff"] <= TOLERANCE * calibration["max_abs_logit"]
+    assert calibration["top1_agreement"] >= 90
+    assert report["val"]["float32"]["count"] == report["val"]["int8"]["count"] == 20
+    assert report["val"]["drop"] == pytest.approx(report["val"]["float32"]["top1"] - report["val"]["int8"]["top1"])
+    assert setup["out"].is_file() and setup["out"].with_suffix(".bin").is_file()
+    assert not [p for p in setup["root"].iterdir() if p.name.startswith(".")]  # no temporary left behind
+    xml = setup["out"].read_text()
+    assert str(setup["root"]) not in xml and "<convnext>" in xml  # metadata inside, no machine paths
+
+
+def test_int8_file_reloads_and_runs_like_the_float_model(setup):
+    if not setup["out"].exists():
+        assert main(setup["args"]) == 0
+    int8 = load_model(checkpoint=setup["out"])
+    assert isinstance(int8, quantize.QuantizedModel) and int8.model_name == "convnext_atto"
+    assert int8.num_classes == 10 and int8.pretrained_cfg["input_size"] == [3, RES, RES]
+    x = torch.randn(5, 3, RES, RES, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref, out = setup["model"](x), int8(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert (out - ref).abs().max() <= TOLERANCE * ref.abs().max()
+    with pytest.raises(UserError, match="holds an INT8 convnext_atto, not convnext_tiny"):
+        load_model("convnext_tiny", checkpoint=setup["out"])
+
+
+def test_predict_runs_the_int8_file(setup, capsys):
+    if not setup["out"].exists():
+        assert main(setup["args"]) == 0
+    assert main(["predict", "--checkpoint", str(setup["out"]), str(setup["val"] / "3"), "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results["model"] == "convnext_atto" and len(results["results"]) == 2
+    assert all(len(r["predictions"]) == 5 for r in results["results"])
+
+
+def _one_line_error(capsys, argv, needle):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_bad_input_is_one_line(setup, tmp_path, capsys):
+    base = ["quantize", "--checkpoint", str(setup["ckpt"]), "--out", str(tmp_path / "q.xml")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_line_error(capsys, [*base, "--model", "convnext_atto", "--calibrate", str(empty)], "no image files in")
+    _one_line_error(capsys, [*base, "--model", "convnext_tiny", "--calibrate", str(setup["calibrate"])],
+                    "error:")  # the file holds another model's weights
+    _one_line_error(capsys, [*base, "--model", "convnext_atto", "--calibrate", str(setup["calibrate"]),
+                             "--backend", "tensorrt"], "unsupported quantization backend 'tensorrt'")
+    _one_line_error(capsys, ["quantize", "--model", "convnext_atto", "--checkpoint", str(setup["ckpt"]),
+                             "--calibrate", str(setup["calibrate"]), "--out", str(tmp_path / "q.onnx")],
+                    "--out must be FILE.xml")
+    _one_line_error(capsys, [*base, "--model", "convnext_atto", "--calibrate", str(setup["calibrate"]),
+                             "--samples", "0"], "--samples must be at least 1")
+    assert not list(tmp_path.glob("q*"))
+    with pytest.raises(UserError, match="not an OpenVINO model"):
+        (tmp_path / "junk.xml").write_text("not xml")
+        (tmp_path / "junk.bin").write_bytes(b"")
+        quantize.load_quantized(tmp_path / "junk.xml")
