@@ -57,7 +57,16 @@ def test_runtimes_run_our_onnx_graph_in_inference_only(capsys):
     assert [r["impl"] for r in report["results"]] == ["convnext", "convnext-fused", "onnxruntime"]
     assert report["results"][0]["ratio"]["onnxruntime"]["median"] > 0
     report = run_json(capsys, "--batch", "2", "--peers", "onnxruntime", "--train")
-    assert report["skipped"] == {"convnext_atto/onnxruntime": "runs our ONNX graph: CPU float32 inference only"}
+    assert report["skipped"] == {"convnext_atto/onnxruntime": "runs our ONNX graph: CPU inference only"}
+
+
+def test_int8_is_measured_against_our_float_model_and_openvino_int8(capsys):
+    report = run_json(capsys, "--batch", "2", "--peers", "openvino", "--dtype", "int8")
+    rows = {r["impl"]: r for r in report["results"]}
+    assert list(rows) == ["convnext", "convnext-int8", "openvino"]
+    assert set(rows["convnext-int8"]["ratio"]) == {"convnext", "openvino"} and "ratio" not in rows["convnext"]
+    assert main(["benchmark", *SMALL, "--model", "convnext_atto", "--dtype", "int8", "--train"]) == 2
+    assert "--dtype int8 measures CPU inference" in capsys.readouterr().err
 
 
 def test_table_and_plot(capsys, tmp_path):

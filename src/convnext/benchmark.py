@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -152,7 +153,8 @@ def _openvino(name: str, res: int, dtype: str) -> nn.Module | str:
             return "nncf is not installed"
         import nncf
 
-        model = nncf.quantize(model, nncf.Dataset([b.numpy() for b in _calibration(res).split(8)]))
+        with contextlib.redirect_stdout(sys.stderr):  # its progress bars
+            model = nncf.quantize(model, nncf.Dataset([b.numpy() for b in _calibration(res).split(8)]))
     precision = {"bf16": "bf16"}.get(dtype, "f32")
     compiled = core.compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
                                                  "INFERENCE_PRECISION_HINT": precision})
