@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +6,7 @@ import torch
 import convnext.quantize as quantize
 from convnext import UserError, create_model
 from convnext.cli import main
-from convnext.data import Digits
+from convnext.data import export_digits
 from convnext.export import export_safetensors
 from convnext.loading import load_model
 from convnext.weights import data_config
@@ -15,17 +14,6 @@ from convnext.weights import data_config
 RES = 32
 # INT8 logits may stray from float32 by this share of the float logits' largest magnitude
 TOLERANCE = 0.1
-
-
-def _write_digits(split: str, folder: Path, per_class: int) -> Path:
-    digits, counts = Digits(split), {}
-    for i in range(len(digits)):
-        image, label = digits.load(i)
-        if counts.get(label, 0) < per_class:
-            counts[label] = counts.get(label, 0) + 1
-            (folder / str(label)).mkdir(parents=True, exist_ok=True)
-            image.resize((RES, RES)).save(folder / str(label) / f"{i}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +28,11 @@ def setup(tmp_path_factory):
     model.pretrained_cfg = dict(data_config(RES), crop_pct=1.0)
     model.model_name = "convnext_atto"
     ckpt = export_safetensors(model, root / "float.safetensors")
-    calibrate = _write_digits("train", root / "calibrate", 4)
-    val = _write_digits("val", root / "val", 2)
+    digits = export_digits(root / "digits")
+    calibrate, val = digits / "train", digits / "val"
     out = root / "atto-int8.xml"
     args = ["quantize", "--model", "convnext_atto", "--checkpoint", str(ckpt), "--calibrate", str(calibrate),
-            "--val", str(val), "--out", str(out), "--json"]
+            "--samples", "40", "--val", str(val), "--out", str(out), "--json"]
     return dict(model=model, ckpt=ckpt, calibrate=calibrate, val=val, out=out, args=args, root=root)
 
 
@@ -55,10 +43,11 @@ def test_quantize_cli_end_to_end(setup, capsys):
     assert calibration["count"] == 40
     assert calibration["max_logit_diff"] <= TOLERANCE * calibration["max_abs_logit"]
     assert calibration["top1_agreement"] >= 90
-    assert report["val"]["float32"]["count"] == report["val"]["int8"]["count"] == 20
+    assert report["val"]["float32"]["count"] == report["val"]["int8"]["count"] == 359
     assert report["val"]["drop"] == pytest.approx(report["val"]["float32"]["top1"] - report["val"]["int8"]["top1"])
     assert setup["out"].is_file() and setup["out"].with_suffix(".bin").is_file()
-    assert not [p for p in setup["root"].iterdir() if p.name.startswith(".")]  # no temporary left behind
+    assert sorted(p.name for p in setup["root"].iterdir()) == ["atto-int8.bin", "atto-int8.xml", "digits",
+                                                               "float.safetensors"]  # no temporary left
     xml = setup["out"].read_text()
     assert str(setup["root"]) not in xml and "<convnext>" in xml  # metadata inside, no machine paths
 
@@ -81,9 +70,11 @@ def test_int8_file_reloads_and_runs_like_the_float_model(setup):
 def test_predict_runs_the_int8_file(setup, capsys):
     if not setup["out"].exists():
         assert main(setup["args"]) == 0
+        capsys.readouterr()
     assert main(["predict", "--checkpoint", str(setup["out"]), str(setup["val"] / "3"), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
-    assert results["model"] == "convnext_atto" and len(results["results"]) == 2
+    assert results["model"] == "convnext_atto"
+    assert len(results["results"]) == len(list((setup["val"] / "3").iterdir()))  # every held-out 3
     assert all(len(r["predictions"]) == 5 for r in results["results"])
 
 

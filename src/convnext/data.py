@@ -204,6 +204,19 @@ class Digits:
         return f"digits[{self.indices[index]}]"
 
 
+def export_digits(folder: str | os.PathLike) -> Path:
+    """Write the built-in digits as ``folder/{train,val}/<digit>/<index>.png`` (the same split as `Digits`),
+    for tools that take image folders, e.g. `convnext quantize --calibrate folder/train --val folder/val`."""
+    root = Path(folder)
+    for split in ("train", "val"):
+        digits = Digits(split)
+        for i in range(len(digits)):
+            image, label = digits.load(i)
+            (root / split / str(label)).mkdir(parents=True, exist_ok=True)
+            image.save(root / split / str(label) / f"{digits.indices[i]:04d}.png")
+    return root
+
+
 def digits_split(labels: np.ndarray, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
     """A fixed stratified split: per class, a seeded shuffle, the first 80% for training."""
     rng = np.random.default_rng(0)
