@@ -74,6 +74,7 @@ def test_cli_evaluate_json_and_text(trained, capsys):
                  "--workers", "0"]) == 0
     text = capsys.readouterr().out
     assert "top-1" in text and "per-class top-1" in text and "    c " in text
+    assert "top-5" not in text  # always 100% with 3 classes
 
 
 @pytest.mark.parametrize("argv,message", [

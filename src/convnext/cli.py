@@ -147,7 +147,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _print_metrics(metrics: dict) -> None:
     print(f"{metrics['model']} ({metrics['checkpoint']}{', EMA' if metrics['ema'] else ''}) at "
           f"{metrics['res']}px, crop {metrics['crop_pct']}: {metrics['count']} images")
-    print(f"  top-1 {metrics['top1']:.2f}%   top-5 {metrics['top5']:.2f}%   loss {metrics['loss']:.4f}")
+    top5 = f"top-5 {metrics['top5']:.2f}%   " if len(metrics["classes"]) > 5 else ""  # with <= 5 classes: 100%
+    print(f"  top-1 {metrics['top1']:.2f}%   {top5}loss {metrics['loss']:.4f}")
     if metrics["skipped"]:
         print(f"  {metrics['skipped']} unreadable images left out")
     print("  per-class top-1:")
