@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+from ..files import atomic_write_text
 from .corruptions import COMMON, EXTRA
 from .metrics import corruption_errors, error_by_severity, mean_ce, mean_error
 from .suites import CBAR, SUITE_NAMES
@@ -69,19 +70,26 @@ def _cell(value: float | None, width: int = 8) -> str:
     return ("-" if value is None else f"{value:.1f}").rjust(width)
 
 
+COLUMNS = ("clean", "C mCE", "C err", "C relCE", "C-bar", "A", "R", "Sketch")
+
+
+def _row(suites: dict) -> list[float | None]:
+    c, cbar = suites.get("c", {}), suites.get("cbar", {})
+    clean = suites.get("clean", {}).get("top1")
+    if clean is None and "clean_error" in c:
+        clean = 100 - c["clean_error"]
+    return [clean, c.get("mce"), c.get("mean_error"), c.get("relative_mce"), cbar.get("mean_error"),
+            *(suites.get(s, {}).get("top1") for s in ("a", "r", "sketch"))]
+
+
 def format_table(summary: dict) -> str:
     """Table 8's layout: clean top-1, ImageNet-C mCE (or, off ImageNet, the mean error and the CE relative
-    to the baseline), C-bar error, and A / R / Sketch top-1; then the error of each corruption and severity."""
-    lines = [f"{'model':<12} {'clean':>8} {'C mCE':>8} {'C err':>8} {'C relCE':>8} {'C-bar':>8} {'A':>8} "
-             f"{'R':>8} {'Sketch':>8}"]
-    for label, suites in summary.items():
-        c, cbar = suites.get("c", {}), suites.get("cbar", {})
-        clean = suites.get("clean", {}).get("top1")
-        if clean is None and "clean_error" in c:
-            clean = 100 - c["clean_error"]
-        row = [clean, c.get("mce"), c.get("mean_error"), c.get("relative_mce"), cbar.get("mean_error"),
-               *(suites.get(s, {}).get("top1") for s in ("a", "r", "sketch"))]
-        lines.append(f"{label:<12} " + " ".join(_cell(v) for v in row))
+    to the baseline), C-bar error, and A / R / Sketch top-1 -- the columns some model has a value in; then the
+    error of each corruption and severity."""
+    rows = {label: _row(suites) for label, suites in summary.items()}
+    shown = [i for i in range(len(COLUMNS)) if any(row[i] is not None for row in rows.values())]
+    lines = [f"{'model':<12} " + " ".join(f"{COLUMNS[i]:>8}" for i in shown)]
+    lines += [f"{label:<12} " + " ".join(_cell(row[i]) for i in shown) for label, row in rows.items()]
     lines.append("clean, A, R, Sketch: top-1 %; C mCE: % of AlexNet's error (ImageNet only); C err, C-bar: mean "
                  "top-1 error %; C relCE: mean CE as % of the baseline's (lower is more robust)")
     for label, suites in summary.items():
@@ -93,7 +101,7 @@ def format_table(summary: dict) -> str:
 
 def _detail(label: str, suite: str, entry: dict) -> str:
     severities = entry["severities"]
-    head = f"{SUITE_NAMES[suite]}, {label}: top-1 error % per severity ({entry['images']} images each)"
+    head = f"{SUITE_NAMES[suite]} corruptions, {label}: top-1 error % per severity ({entry['images']} images each)"
     lines = [head, f"  {'corruption':<27}" + "".join(f"{s:>7}" for s in severities)
              + f"{'mean':>7}{'CE':>7}{'relCE':>7}"]
     for name, values in entry["errors"].items():
@@ -110,15 +118,9 @@ def _detail(label: str, suite: str, entry: dict) -> str:
 
 
 def write_json(value: dict, path: str | os.PathLike) -> None:
-    """Atomically: a temp file renamed over the target, removed if anything fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(value, indent=2))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_text(path, json.dumps(value, indent=2))
 
 
 def plot_severity(summary: dict, path: str | os.PathLike, suite: str = "c") -> None:
