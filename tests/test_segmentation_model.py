@@ -126,3 +126,14 @@ def test_offline_pretrained_segmentation_weights_fail_in_one_line_naming_the_fil
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(convnext.UserError, match="upernet_convnext_tiny_1k_512x512.pth"):
         convnext.create_model("upernet_convnext_tiny", pretrained=True)
+
+
+def test_info_reports_the_papers_gflops_at_512x2048(capsys):
+    import json
+
+    from convnext.cli import main
+
+    assert main(["info", "upernet_convnext_tiny", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["res"] == [512, 2048] and abs(info["gmacs"] / 939 - 1) < 0.01  # Table 4: 939 GFLOPs
+    assert abs(info["params"] / 60e6 - 1) < 0.01

@@ -58,14 +58,28 @@ def _models(args: argparse.Namespace) -> int:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters, GMACs, activations and released weights of a model")
     p.add_argument("model")
-    p.add_argument("--res", type=int, default=224, help="input resolution (default 224)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--res", type=_resolution, help="input resolution, a side or HxW (default 224; 512x2048 for "
+                   "segmentation models, the paper's Table 4)")
+    p.add_argument("--num-classes", type=int, help="classes of the head (default 1000; 150 for segmentation)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_info)
 
 
+def _resolution(text: str) -> int | tuple[int, int]:
+    """``224`` or ``512x2048``."""
+    try:
+        sides = [int(side) for side in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 32:
+        raise argparse.ArgumentTypeError(f"expected a side or HxW of at least 32, got {text!r}")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
 def _info(args: argparse.Namespace) -> int:
-    model = _meta_model(args.model, num_classes=args.num_classes)
+    dense = args.model.startswith("upernet_")  # the paper counts segmentation FLOPs at 512x2048, 150 classes
+    args.res = args.res or ((512, 2048) if dense else 224)
+    model = _meta_model(args.model, num_classes=args.num_classes or (150 if dense else 1000))
     info = dict(model=args.model, **model_info(model, args.res))
     info["pretrained"] = [
         dict(tag=w.tag, res=w.res, num_classes=w.num_classes, top1=w.top1, crop_pct=w.data_config["crop_pct"],
@@ -75,7 +89,8 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{args.model} at {args.res}x{args.res}")
+    height, width = (args.res, args.res) if isinstance(args.res, int) else args.res
+    print(f"{args.model} at {height}x{width}")
     print(f"  parameters   {info['params']:,}")
     print(f"  GMACs        {info['gmacs']:.2f}")
     print(f"  activations  {info['activations_m']:.2f} M")
