@@ -29,6 +29,15 @@ def _hf_model(num_labels=5, aux=True):
     return model
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one thread is faster, and immune to a busy machine's thread contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_forward_gives_logits_at_input_size_and_aux_only_when_asked():
     model = UperNet(num_classes=7, **SMALL).eval()
     x = torch.randn(2, 3, 72, 100)  # sides not multiples of 32

@@ -12,6 +12,7 @@ from torch import nn
 
 from .data import rescaled_size
 
+MIN_SIDE = 32
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 
 
@@ -34,6 +35,7 @@ def slide_logits(model: nn.Module, image: torch.Tensor, crop: int, stride: int, 
 
 def _view_logits(model: nn.Module, image: torch.Tensor, size: tuple[int, int], flip: bool, mode: str,
                  crop: int, stride: int, num_classes: int) -> torch.Tensor:
+    size = (max(size[0], MIN_SIDE), max(size[1], MIN_SIDE))  # a view the backbone's 32x downsampling can take
     x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
     if flip:
         x = x.flip(-1)
