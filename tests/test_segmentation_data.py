@@ -113,3 +113,16 @@ def test_sliding_windows_equal_one_pass_for_a_pointwise_model():
     probs = segment(model, image[0], num_classes=4, scale=(70, 50), crop=32, stride=21,
                     ratios=(0.5, 1.0, 1.5), flip=True)
     assert probs.shape == (4, 50, 70) and torch.allclose(probs.sum(0), torch.ones(50, 70), atol=1e-5)
+
+
+def test_demo_scenes_have_exact_masks_from_disjoint_photo_parts(tmp_path):
+    from convnext.segmentation.demo import CLASSES, majority_miou, make_demo_scenes
+
+    make_demo_scenes(tmp_path, train=3, val=2)
+    train = segmentation_folder(tmp_path, "train")
+    val = segmentation_folder(tmp_path, "val")
+    assert len(train) == 3 and len(val) == 2
+    masks = [read_pair(val, i, len(CLASSES))[1] for i in range(2)]
+    assert all(m.shape == (128, 128) and m.max() < len(CLASSES) for m in masks)
+    assert all(len(np.unique(m)) >= 1 for m in masks)
+    assert majority_miou([np.array([[0, 0, 1]])], 6) == pytest.approx(100 * (2 / 3) / 2)

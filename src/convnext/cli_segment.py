@@ -92,11 +92,11 @@ def _score_line(label: str, scores: dict) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    source = segmentation_folder(args.data, args.split)  # a wrong folder fails before any download
     model, settings = load_segmentation_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
                                               num_classes=args.num_classes)
     settings.mode = args.mode
     model.to(args.device)
-    source = segmentation_folder(args.data, args.split)
     results = {}
     for multi in (False, True) if args.multi_scale else (False,):
         start = time.perf_counter()

@@ -72,8 +72,8 @@ class SegConfig:
 SEG_RECIPES: dict[str, dict] = {
     "ade20k": {},
     "ade20k_640": dict(crop=640, scale=(2560, 640)),
-    "demo": dict(model="upernet_convnext_tiny", num_classes=6, iters=300, batch_size=8, lr=2e-3,
-                 layer_decay=1.0, drop_path=0.0, warmup_iters=15, crop=64, scale=(128, 64), eval_every=50,
+    "demo": dict(model="upernet_convnext_tiny", num_classes=6, iters=400, batch_size=8, lr=2e-3,
+                 layer_decay=1.0, drop_path=0.0, warmup_iters=20, crop=64, scale=(256, 128), eval_every=50,
                  amp=False, workers=0, channels_last=True, fit_to_run=False,
                  model_args=dict(depths=(2, 2, 2, 2), dims=(32, 64, 128, 256), channels=48, aux_channels=32)),
 }

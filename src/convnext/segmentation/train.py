@@ -120,7 +120,8 @@ def _plan(config: SegConfig, train_images: int, rt: Runtime, say) -> None:
         say(f"DataLoader workers {config.workers} -> {workers}: no more than this process's CPU cores")
         config.workers = workers
     batch = config.batch_size * config.accum_steps * rt.world_size
-    say(f"recipe {config.recipe}: {config.model}, {config.iters} iterations at batch {batch} "
+    arch = f" ({', '.join(f'{k} {v}' for k, v in config.model_args.items())})" if config.model_args else ""
+    say(f"recipe {config.recipe}: {config.model}{arch}, {config.iters} iterations at batch {batch} "
         f"({config.batch_size} x {config.accum_steps} accumulation x {rt.world_size} processes; the paper: 160,000 "
         f"at 16), AdamW lr {config.lr:g} wd {config.weight_decay:g}, stage-wise lr decay {config.layer_decay:g}, "
         f"poly after {config.warmup_iters} warm-up iterations, crop {config.crop}, scale {config.scale[0]}x"
@@ -186,7 +187,8 @@ class _Run:
         best, history = self.state.best, self.state.history
         return dict(model=self.config.model, recipe=self.config.recipe, iters=self.config.iters,
                     best_miou=best["miou"] if best["epoch"] else None, best_iter=best.get("iter"),
-                    final=history[-1] if history else None, time_s=self.elapsed(),
+                    final={k: v for k, v in history[-1].items() if k != "bad_images"} if history else None,
+                    time_s=self.elapsed(),
                     skipped=[train_src.describe(i) for i in sorted(self.state.bad_images)])
 
 
