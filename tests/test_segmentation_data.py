@@ -124,5 +124,4 @@ def test_demo_scenes_have_exact_masks_from_disjoint_photo_parts(tmp_path):
     assert len(train) == 3 and len(val) == 2
     masks = [read_pair(val, i, len(CLASSES))[1] for i in range(2)]
     assert all(m.shape == (128, 128) and m.max() < len(CLASSES) for m in masks)
-    assert all(len(np.unique(m)) >= 1 for m in masks)
     assert majority_miou([np.array([[0, 0, 1]])], 6) == pytest.approx(100 * (2 / 3) / 2)

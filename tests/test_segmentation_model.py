@@ -5,7 +5,7 @@ import torch
 
 import convnext
 from convnext.complexity import count_params
-from convnext.segmentation import UperNet, convert_segmentation_state_dict
+from convnext.segmentation import ADE20K_WEIGHTS, UperNet, convert_segmentation_state_dict
 from convnext.segmentation.weights import detect_segmentation_layout
 
 SMALL = dict(depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), channels=16, aux_channels=8)
@@ -127,6 +127,8 @@ def test_ade20k_weights_are_registered():
     assert tags == ["ade20k", "ade20k_in22k"]
     entry = convnext.list_pretrained("upernet_convnext_tiny")[0]
     assert entry.url.endswith("ade20k/upernet_convnext_tiny_1k_512x512.pth") and entry.num_classes == 150
+    for entry in ADE20K_WEIGHTS:  # 22K-pretrained files were trained at 640, the others at 512
+        assert (entry.res == 640) == ("_22k_640x640" in entry.file) == entry.tag.endswith("in22k")
 
 
 def test_offline_pretrained_segmentation_weights_fail_in_one_line_naming_the_file(tmp_path, monkeypatch):

@@ -98,6 +98,8 @@ def seg_config(recipe: str = "ade20k", settings: list[str] | tuple[str, ...] = (
     if unknown:
         raise UserError(f"unknown segmentation setting(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}")
     config = SegConfig(recipe=recipe, **{**SEG_RECIPES[recipe], **given})
+    if recipe.startswith("ade20k") and "drop_path" not in given and config.model.endswith("_small"):
+        config.drop_path = 0.3  # the official small config; 0.4 for all others
     config.given = sorted(set(config.given) | set(given) - {"given"})
     check_config(config)
     return config
