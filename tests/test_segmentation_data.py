@@ -63,6 +63,8 @@ def test_bad_samples_are_named_in_one_line(tmp_path):
     assert "label 7 in c.png is outside 0..2" in problem(source, 2, 3)
     assert "cannot read" in problem(source, 3, 3)
     assert all("\n" not in problem(source, i, 3) for i in (1, 2, 3))
+    Image.new("RGB", (40, 30)).save(tmp_path / "ok" / "masks" / "a.png")
+    assert "a.png is a RGB image; masks must be single-channel" in problem(source, 0, 3)
     _write(tmp_path / "lacking", "a")
     (tmp_path / "lacking" / "images" / "e.jpg").write_bytes((tmp_path / "ok" / "images" / "a.jpg").read_bytes())
     with pytest.raises(UserError, match="1 of 2 images .* have no mask .* e.jpg"):

@@ -29,6 +29,7 @@ from ..augment import seeded
 from ..errors import UserError
 
 IGNORE = 255
+MASK_MODES = ("L", "P", "I;16", "I")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -97,9 +98,13 @@ def read_pair(source: SegmentationSource, index: int, num_classes: int) -> tuple
         with Image.open(image_path) as img:
             image = img.convert("RGB")
         with Image.open(mask_path) as raw:
-            mask = np.array(raw.convert("L") if raw.mode not in ("L", "P", "I;16", "I") else raw)
+            mode = raw.mode
+            mask = np.array(raw)
     except (OSError, ValueError, SyntaxError) as err:
         raise Unreadable(f"{source.describe(index)}: cannot read ({err})") from None
+    if mode not in MASK_MODES:
+        raise UserError(f"{source.describe(index)}: its mask {mask_path.name} is a {mode} image; masks must be "
+                        "single-channel label maps (8- or 16-bit grey or palette PNG), one class index per pixel")
     if mask.shape != (image.height, image.width):
         raise UserError(f"{source.describe(index)}: image is {image.width}x{image.height} but its mask "
                         f"{mask_path.name} is {mask.shape[1]}x{mask.shape[0]}")
