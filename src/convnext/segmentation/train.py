@@ -3,7 +3,7 @@
 One run: the folder (lock, atomic checkpoints, exact resume), the data (draw-numbered, so a resumed run sees
 the very crops an uninterrupted one would), the model and its stage-wise-decayed AdamW with the poly schedule,
 then intervals of ``eval_every`` iterations, each trained by the engine's loop and closed by a sliding-window
-validation (mIoU), a metrics.jsonl row and a checkpoint. Under torchrun it runs DDP with SyncBatchNorm.
+validation (mIoU), a metrics.jsonl row and a checkpoint. Under torchrun it runs DDP, with SyncBatchNorm on GPUs.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def build_segmentation_model(config: SegConfig, say: Callable[[str], None] = lam
 def _state(config: SegConfig, rt: Runtime, finetune: bool, say) -> tuple[RunState, torch.nn.Module]:
     torch.manual_seed(config.seed)
     model = build_segmentation_model(config if finetune else dataclasses.replace(config, pretrained=None), say)
-    if rt.world_size > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the official SyncBN
+    if rt.world_size > 1 and rt.device.type == "cuda":  # the official SyncBN (torch has it on GPUs only)
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(rt.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
