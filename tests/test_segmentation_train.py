@@ -117,6 +117,8 @@ def test_a_run_writes_its_files_skips_bad_samples_and_resumes_exactly(tmp_path):
     assert resumed["final"]["train_loss"] == whole["final"]["train_loss"]
     with pytest.raises(UserError, match="other settings"):
         train_segmentation(_config(data, tmp_path / "split", lr=5e-4), log=lambda _: None)
+    with pytest.raises(UserError, match="batch_size must be at least 2"):
+        train_segmentation(_config(data, tmp_path / "one", batch_size=1), log=lambda _: None)
 
 
 def test_cli_train_evaluate_predict_and_one_line_errors(tmp_path, capsys):

@@ -113,6 +113,9 @@ def train_segmentation(config: SegConfig, *, resume: bool = True, log: Callable[
 
 
 def _plan(config: SegConfig, train_images: int, rt: Runtime, say) -> None:
+    if config.batch_size < 2 and not (rt.world_size > 1 and rt.device.type == "cuda"):
+        raise UserError("batch_size must be at least 2 per process here: the pyramid pooling's 1x1 BatchNorm needs "
+                        "two values per channel (batch 1 works under torchrun on GPUs, where BatchNorm is synced)")
     for note in fit_segmentation_run(config):
         say(f"fitted to this run: {note}")
     workers = usable_workers(config.workers)
