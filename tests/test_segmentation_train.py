@@ -54,6 +54,7 @@ def test_recipe_is_the_papers_and_fits_short_runs():
     assert (config.lr, config.weight_decay, config.layer_decay, config.warmup_iters, config.iters,
             config.batch_size, config.crop, config.aux_weight) == (1e-4, 0.05, 0.9, 1500, 160_000, 16, 512, 0.4)
     assert seg_config("ade20k_640").crop == 640
+    assert (config.eval_stride, seg_config("ade20k_640").eval_stride) == (341, 426)  # the official strides
     assert seg_config("ade20k", model="upernet_convnext_small").drop_path == 0.3 and config.drop_path == 0.4
     short = seg_config("ade20k", iters=1600)
     notes = fit_segmentation_run(short)

@@ -32,13 +32,13 @@ def load_segmentation_model(name: str | None = None, *, checkpoint: str | os.Pat
     if checkpoint is None:
         model = create_model(name, pretrained=pretrained)
         crop = model.pretrained_cfg["input_size"][1]
-        return model.eval(), EvalSettings(scale=(4 * crop, crop), crop=crop, stride=round(crop * 2 / 3))
+        return model.eval(), EvalSettings(scale=(4 * crop, crop), crop=crop, stride=crop * 2 // 3)
     raw = read_checkpoint_file(Path(checkpoint))
     config = raw.get("config") if isinstance(raw.get("config"), dict) else None
     if config is not None and "crop" in config:  # one of our runs
         model = build_model(config["model"], num_classes=config["num_classes"], **config["model_args"])
         crop = config["crop"]
-        settings = EvalSettings(scale=tuple(config["scale"]), crop=crop, stride=config["stride"] or round(crop * 2 / 3))
+        settings = EvalSettings(scale=tuple(config["scale"]), crop=crop, stride=config["stride"] or crop * 2 // 3)
     else:
         if name is None:
             raise UserError("this checkpoint does not name its model: give --model (e.g. upernet_convnext_tiny)")

@@ -52,7 +52,7 @@ class SegConfig:
     ratio_range: tuple[float, float] = (0.5, 2.0)
     hflip: float = 0.5
     photometric: bool = True
-    stride: int | None = None  # sliding-window stride at evaluation; None: 2/3 of the crop (341 at 512)
+    stride: int | None = None  # sliding-window stride at evaluation; None: 2/3 of the crop (341 at 512, 426 at 640)
     eval_every: int = 16_000
     amp: bool = True
     clip_grad: float | None = None
@@ -66,7 +66,7 @@ class SegConfig:
 
     @property
     def eval_stride(self) -> int:
-        return self.stride or round(self.crop * 2 / 3)
+        return self.stride or self.crop * 2 // 3
 
 
 SEG_RECIPES: dict[str, dict] = {
