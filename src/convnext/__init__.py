@@ -20,6 +20,7 @@ from .models import (
 from .recipes import RECIPES, TrainConfig, resolve_config
 from .roadmap import STEPS as ROADMAP_STEPS  # importing roadmap registers the roadmap_* models
 from .roadmap import RoadmapConfig, RoadmapNet
+from .segmentation import UperNet  # importing segmentation registers the upernet_* models
 from .training import train
 from .weights import PRETRAINED, list_pretrained, load_checkpoint, save_weights
 
@@ -36,6 +37,7 @@ __all__ = [
     "RoadmapConfig",
     "RoadmapNet",
     "TrainConfig",
+    "UperNet",
     "UserError",
     "as_linears",
     "build_model",

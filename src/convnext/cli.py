@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import benchmark, cli_quantize, cli_robustness, export
+from . import benchmark, cli_quantize, cli_robustness, cli_segment, export
 from .allocator import keep_freed_memory
 from .complexity import model_info
 from .errors import UserError
@@ -58,14 +58,28 @@ def _models(args: argparse.Namespace) -> int:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters, GMACs, activations and released weights of a model")
     p.add_argument("model")
-    p.add_argument("--res", type=int, default=224, help="input resolution (default 224)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--res", type=_resolution, help="input resolution, a side or HxW (default 224; 512x2048 for "
+                   "segmentation models, the paper's Table 4)")
+    p.add_argument("--num-classes", type=int, help="classes of the head (default 1000; 150 for segmentation)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_info)
 
 
+def _resolution(text: str) -> int | tuple[int, int]:
+    """``224`` or ``512x2048``."""
+    try:
+        sides = [int(side) for side in text.lower().split("x")]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 32:
+        raise argparse.ArgumentTypeError(f"expected a side or HxW of at least 32, got {text!r}")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
 def _info(args: argparse.Namespace) -> int:
-    model = _meta_model(args.model, num_classes=args.num_classes)
+    dense = args.model.startswith("upernet_")  # the paper counts segmentation FLOPs at 512x2048, 150 classes
+    args.res = args.res or ((512, 2048) if dense else 224)
+    model = _meta_model(args.model, num_classes=args.num_classes or (150 if dense else 1000))
     info = dict(model=args.model, **model_info(model, args.res))
     info["pretrained"] = [
         dict(tag=w.tag, res=w.res, num_classes=w.num_classes, top1=w.top1, crop_pct=w.data_config["crop_pct"],
@@ -75,7 +89,8 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{args.model} at {args.res}x{args.res}")
+    height, width = (args.res, args.res) if isinstance(args.res, int) else args.res
+    print(f"{args.model} at {height}x{width}")
     print(f"  parameters   {info['params']:,}")
     print(f"  GMACs        {info['gmacs']:.2f}")
     print(f"  activations  {info['activations_m']:.2f} M")
@@ -389,7 +404,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [_add_models, _add_info, _add_demo, _add_train, _add_evaluate, _add_predict, _add_export, _add_roadmap,
-            _add_benchmark, cli_robustness.add_parser, cli_quantize.add_parser]
+            _add_benchmark, cli_robustness.add_parser, cli_segment.add_parser, cli_quantize.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,10 +34,12 @@ def count_params(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_macs_and_activations(model: nn.Module, res: int = 224, in_chans: int | None = None) -> tuple[int, int]:
-    """Multiply-accumulates and activations of one forward pass of one ``res`` x ``res`` image."""
+def count_macs_and_activations(model: nn.Module, res: int | tuple[int, int] = 224, in_chans: int | None = None
+                               ) -> tuple[int, int]:
+    """Multiply-accumulates and activations of one forward pass of one ``res`` x ``res`` (or ``(H, W)``) image."""
     in_chans = in_chans or getattr(model, "in_chans", 3)
-    x = torch.zeros(1, in_chans, res, res, device=next(model.parameters()).device)  # "meta" works too
+    height, width = (res, res) if isinstance(res, int) else res
+    x = torch.zeros(1, in_chans, height, width, device=next(model.parameters()).device)  # "meta" works too
     was_training = model.training
     model.eval()
     try:
@@ -48,7 +50,8 @@ def count_macs_and_activations(model: nn.Module, res: int = 224, in_chans: int |
     return flops.get_total_flops() // 2, acts.count
 
 
-def model_info(model: nn.Module, res: int = 224) -> dict:
-    """Parameters, GMACs and activations (millions) at ``res``: what `convnext info` prints."""
+def model_info(model: nn.Module, res: int | tuple[int, int] = 224) -> dict:
+    """Parameters, GMACs and activations (millions) at ``res`` (a side, or ``(H, W)``): what `convnext info`
+    prints."""
     macs, acts = count_macs_and_activations(model, res)
     return dict(params=count_params(model), gmacs=macs / 1e9, activations_m=acts / 1e6, res=res)

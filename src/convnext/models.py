@@ -322,8 +322,17 @@ def create_model(
     model = build_model(name, **overrides)
     model.pretrained_cfg = entry.data_config if entry else data_config()
     if entry is not None:
-        load_checkpoint(model, download_weights(entry))
+        _load_weights(model, download_weights(entry))
         model.pretrained_cfg["tag"] = entry.tag
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        _load_weights(model, checkpoint)
     return model
+
+
+def _load_weights(model: nn.Module, source) -> None:
+    """Task models (segmentation, detection) read their own checkpoint layouts through ``load_weights``."""
+    own = getattr(model, "load_weights", None)
+    if own is not None:
+        own(source)
+    else:
+        load_checkpoint(model, source)

@@ -34,6 +34,7 @@ class Trainer:
     channels_last: bool
     save_every_steps: int
     diverged: Callable[[str, int, int | None], UserError]  # (what, epoch, step) -> the error that stops the run
+    loss: Callable | None = None  # (outputs, targets) -> loss; None: cross-entropy on soft or hard targets
 
 
 def _micro_step(trainer: Trainer, state: RunState, batch, sync: bool, epoch: int, step: int
@@ -50,7 +51,7 @@ def _micro_step(trainer: Trainer, state: RunState, batch, sync: bool, epoch: int
     with nullcontext() if sync else trainer.net.no_sync():
         with torch.autocast(rt.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
             logits = trainer.forward(x)
-        loss = F.cross_entropy(logits.float(), targets)
+        loss = trainer.loss(logits, targets) if trainer.loss else F.cross_entropy(logits.float(), targets)
         finite = torch.isfinite(loss.detach()).float()
         if rt.world_size > 1:
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
