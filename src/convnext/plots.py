@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -18,26 +18,33 @@ def _pyplot():
     return plt
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss (train, validation) and accuracy (top-1, top-5, EMA top-1) per epoch, as a PNG."""
-    plt = _pyplot()
-    epochs = [row["epoch"] for row in history]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        if any(row.get(key) is not None for row in history):
-            loss_ax.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
-    for key, label in (("val_top1", "top-1"), ("val_top5", "top-5"), ("ema_top1", "EMA top-1")):
-        if any(row.get(key) is not None for row in history):
-            acc_ax.plot(epochs, [row.get(key) for row in history], marker="o", label=label)
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="validation accuracy")
-    for ax in (loss_ax, acc_ax):
+Panel = tuple[str, str, Sequence[tuple[str, str]]]  # title, y label, (history key, legend label) pairs
+
+
+def plot_panels(history: list[dict], x_key: str, x_label: str, panels: Sequence[Panel], path: Path) -> None:
+    """One line per history key that has values, in side-by-side panels, as a PNG: every task's curves."""
+    plt = pyplot()
+    xs = [row[x_key] for row in history]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
+    for ax, (title, y_label, series) in zip(axes, panels, strict=True):
+        for key, label in series:
+            if any(row.get(key) is not None for row in history):
+                ax.plot(xs, [row.get(key) for row in history], marker="o", label=label)
+        ax.set(xlabel=x_label, ylabel=y_label, title=title)
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss (train, validation) and accuracy (top-1, top-5, EMA top-1) per epoch, as a PNG."""
+    plot_panels(history, "epoch", "epoch", [
+        ("loss", "loss", [("train_loss", "train"), ("val_loss", "validation")]),
+        ("validation accuracy", "accuracy (%)", [("val_top1", "top-1"), ("val_top5", "top-5"),
+                                                 ("ema_top1", "EMA top-1")])], path)
 
 
 def soft_label_text(target: torch.Tensor, classes: Sequence[str], floor: float = 0.05) -> str:
@@ -50,7 +57,7 @@ def soft_label_text(target: torch.Tensor, classes: Sequence[str], floor: float =
 def plot_augmented(images: torch.Tensor, targets: torch.Tensor, classes: Sequence[str], mean: Sequence[float],
                    std: Sequence[float], path: Path, columns: int = 4) -> None:
     """A grid of normalised training images (after every augmentation and mixing) with their soft labels."""
-    plt = _pyplot()
+    plt = pyplot()
     pixels = images.float() * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
     pixels = pixels.clamp(0, 1).permute(0, 2, 3, 1).numpy()
     rows = int(np.ceil(len(pixels) / columns))

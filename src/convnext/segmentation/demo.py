@@ -127,13 +127,13 @@ def run_demo(output: str | os.PathLike = "runs/segment-demo", *, restart: bool =
 def plot_demo_predictions(model, source, settings, path: Path, count: int = 6) -> None:
     """Validation scenes, their true masks and the model's predictions, side by side."""
     from ..files import atomic_write
-    from ..plots import _pyplot
+    from ..plots import pyplot
     from .data import read_pair
     from .evaluate import to_input
     from .inference import segment
     from .plots import palette
 
-    plt = _pyplot()
+    plt = pyplot()
     colours = palette(len(CLASSES))
     fig, axes = plt.subplots(3, count, figsize=(1.9 * count, 6), squeeze=False)
     for column in range(count):
