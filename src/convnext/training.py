@@ -29,6 +29,7 @@ from .engine.checkpoints import CheckpointManager, check_resumable
 from .engine.loop import Trainer, train_one_epoch
 from .engine.optim import build_optimizer, layer_ids, lr_at, param_groups
 from .engine.records import RunLog
+from .engine.run import open_run
 from .engine.runtime import Runtime, autocast_dtype, setup_runtime, usable_workers
 from .engine.state import RunState
 from .engine.validate import validate
@@ -244,17 +245,6 @@ def _epoch_line(row: dict, epochs: int) -> str:
             f"{row['images_per_s']:.0f} img/s  {row['epoch_time_s']:.1f}s{unread}")
 
 
-def _open_folder(folder: CheckpointManager, rt: Runtime) -> None:
-    """Lock the run folder on the main process; every process stops when it cannot."""
-    problem = None
-    try:
-        folder.open()
-    except UserError as err:
-        problem = err
-    if not rt.all_agree(problem is None):
-        raise problem or UserError(f"the main process could not lock {folder.folder}")
-
-
 def train(config: TrainConfig, *, resume: bool = True, log: Callable[[str], None] | None = None) -> dict:
     """Run (or resume) the training ``config`` describes; returns the summary also saved as summary.json.
 
@@ -262,15 +252,9 @@ def train(config: TrainConfig, *, resume: bool = True, log: Callable[[str], None
     continues from exactly where it was saved, provided it is the same run (same settings and classes);
     without it the folder's previous run is replaced. A folder serves one run at a time.
     """
-    rt = setup_runtime(config.device)
-    say = (log or (lambda text: print(text, flush=True))) if rt.main else (lambda text: None)
-    folder = CheckpointManager(Path(config.output), main=rt.main)
-    try:
-        _open_folder(folder, rt)
+    with open_run(config.output, config.device) as (rt, folder):
+        say = (log or (lambda text: print(text, flush=True))) if rt.main else (lambda text: None)
         return _train(config, rt, folder, resume, say)
-    finally:
-        folder.close()
-        rt.close()
 
 
 def _train(config: TrainConfig, rt: Runtime, folder: CheckpointManager, resume: bool,

@@ -24,12 +24,12 @@ from torch.utils.data import DataLoader
 from ..engine.checkpoints import CheckpointManager, check_resumable
 from ..engine.loop import Trainer, train_one_epoch
 from ..engine.records import RunLog
-from ..engine.runtime import Runtime, autocast_dtype, setup_runtime, usable_workers
+from ..engine.run import open_run
+from ..engine.runtime import Runtime, autocast_dtype, usable_workers
 from ..engine.state import RunState
 from ..errors import UserError
 from ..files import atomic_write, atomic_write_text
 from ..models import build_model
-from ..training import _open_folder
 from ..weights import IMAGENET_MEAN, IMAGENET_STD, download_weights, get_pretrained
 from .data import IGNORE, DrawSampler, SegmentationSet, TrainTransform, problem, segmentation_folder
 from .evaluate import EvalSettings, evaluate_segmentation
@@ -100,16 +100,10 @@ def train_segmentation(config: SegConfig, *, resume: bool = True, log: Callable[
 
     A rerun of the same command continues from ``last.pt`` exactly; ``resume=False`` replaces the folder's run.
     """
-    rt = setup_runtime(config.device)
-    say = (log or (lambda text: print(text, flush=True))) if rt.main else (lambda text: None)
     config.output = config.output or f"runs/segment-{config.recipe}"
-    folder = CheckpointManager(Path(config.output), main=rt.main)
-    try:
-        _open_folder(folder, rt)
+    with open_run(config.output, config.device) as (rt, folder):
+        say = (log or (lambda text: print(text, flush=True))) if rt.main else (lambda text: None)
         return _train(config, rt, folder, resume, say)
-    finally:
-        folder.close()
-        rt.close()
 
 
 def _plan(config: SegConfig, train_images: int, rt: Runtime, say) -> None:
