@@ -31,13 +31,7 @@ def _write(folder, name, size=(40, 30), labels=(0, 1, 2), mask_size=None, image_
     Image.fromarray(mask).save(folder / mask_dir / f"{name}.png")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_ade20k_tree_reduces_the_zero_label(tmp_path):

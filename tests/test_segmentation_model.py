@@ -29,13 +29,7 @@ def _hf_model(num_labels=5, aux=True):
     return model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_forward_gives_logits_at_input_size_and_aux_only_when_asked():

@@ -40,13 +40,7 @@ def _config(data, output, **extra):
     return seg_config("ade20k", **{**settings, **extra})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy machine's thread contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_recipe_is_the_papers_and_fits_short_runs():
