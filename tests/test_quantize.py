@@ -103,3 +103,21 @@ def test_bad_input_is_one_line(setup, tmp_path, capsys):
         (tmp_path / "junk.xml").write_text("not xml")
         (tmp_path / "junk.bin").write_bytes(b"")
         quantize.load_quantized(tmp_path / "junk.xml")
+
+
+def test_benchmark_times_the_int8_file(setup, capsys, monkeypatch):
+    if not setup["out"].exists():
+        assert main(setup["args"]) == 0
+    import convnext.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "ROUND_SECONDS", 0.01)
+    args = ["benchmark", "--model", "convnext_atto", "--res", str(RES), "--batch", "4", "--rounds", "1",
+            "--peers", "none", "--dtype", "int8", "--int8-model", str(setup["out"])]
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 0
+    rows = {r["impl"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert set(rows) == {"convnext", "convnext-int8"} and rows["convnext-int8"]["ratio"]["convnext"]["median"] > 0
+    assert main([*args[:4], "64", *args[5:]]) == 2
+    assert f"holds a convnext_atto at {RES} px: pass --model convnext_atto --res {RES}" in capsys.readouterr().err
+    assert main([*args[:-4], "--int8-model", str(setup["out"])]) == 2
+    assert "--int8-model times an INT8 file: add --dtype int8" in capsys.readouterr().err

@@ -161,10 +161,19 @@ def _openvino(name: str, res: int, dtype: str) -> nn.Module | str:
     return _OnnxRunner(lambda x: compiled(x)[0])
 
 
-def _our_int8(name: str, res: int) -> nn.Module | str:
+def _our_int8(name: str, res: int, path: str | os.PathLike | None = None) -> nn.Module | str:
+    """The INT8 file `convnext quantize` wrote, or ``name`` quantized here on random images."""
     if any(importlib.util.find_spec(m) is None for m in ("openvino", "nncf", "onnxscript")):
         return "openvino, nncf or onnxscript is not installed"
-    from .quantize import quantize
+    from .quantize import load_quantized, quantize
+
+    if path is not None:
+        model = load_quantized(path)
+        size = model.pretrained_cfg["input_size"][-1]
+        if model.model_name != name or size != res:
+            raise UserError(f"{path} holds a {model.model_name} at {size} px: pass --model {model.model_name} "
+                            f"--res {size}")
+        return model
 
     model = build_model(name, num_classes=NUM_CLASSES).eval()
     model.pretrained_cfg = data_config(res)
@@ -290,12 +299,12 @@ def _spread(values: Sequence[float]) -> dict:
 
 
 def _contenders(name: str, peers: Sequence[str], extra_peers: dict[str, Callable[[str], nn.Module | str]],
-                train: bool, runtimes: Sequence[str], res: int, dtype: str, skipped: dict[str, str]
-                ) -> dict[str, nn.Module]:
+                train: bool, runtimes: Sequence[str], res: int, dtype: str, skipped: dict[str, str],
+                int8_file: str | os.PathLike | None = None) -> dict[str, nn.Module]:
     ours = build_model(name, num_classes=NUM_CLASSES)
     models = {"convnext": ours}
     if dtype == "int8":  # against our float model and the runtimes' INT8 only
-        peers, extra_peers = [], {"convnext-int8": lambda n: _our_int8(n, res)}
+        peers, extra_peers = [], {"convnext-int8": lambda n: _our_int8(n, res, int8_file)}
     elif not train:
         models["convnext-fused"] = ours.fuse_for_inference()
     builders = {peer: PEER_BUILDERS[peer] for peer in peers} | extra_peers
@@ -334,6 +343,7 @@ def run_benchmark(
     extra_peers: dict[str, Callable[[str], nn.Module | str]] | None = None,
     progress: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    int8_file: str | os.PathLike | None = None,
 ) -> dict:
     """Measure our models and their peers; returns the report that `format_report` prints.
 
@@ -343,7 +353,8 @@ def run_benchmark(
     ``channels_last`` converts every model and input (ours runs channels_last regardless). At least one
     warm-up step runs whatever ``warmup`` says: its time sets how many steps make a round. ``clock``
     ``time.thread_time`` with one CPU thread counts only the CPU time the step used, which other processes
-    on a shared machine cannot inflate (wall-clock time otherwise).
+    on a shared machine cannot inflate (wall-clock time otherwise). ``dtype="int8"`` times our INT8 model:
+    ``int8_file`` (from `convnext quantize`), or the model quantized on random images.
     """
     if res < 32:
         raise UserError(f"--res must be at least 32 (ConvNeXt downsamples 32x), got {res}")
@@ -373,7 +384,7 @@ def run_benchmark(
             report["skipped"] |= {f"{name}/{r}": "runs our ONNX graph: CPU inference only" for r in runtimes}
             runtimes = []
         built = _contenders(name, [p for p in peers if p in PEER_BUILDERS], extra_peers or {}, train, runtimes, res,
-                            dtype, report["skipped"])
+                            dtype, report["skipped"], int8_file)
         contenders = {impl: m if impl in RUNTIME_BUILDERS or impl == "convnext-int8"
                       else _prepare(m, device, channels_last, compile_mode) for impl, m in built.items()}
         for batch in batches:

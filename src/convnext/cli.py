@@ -353,7 +353,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", help="batch sizes, comma-separated (default 1,32; 16 with --train)")
     p.add_argument("--res", type=int, default=224, help="input resolution (default 224)")
     p.add_argument("--dtype", choices=list(benchmark.DTYPES), default="fp32",
-                   help="fp32, or bf16/fp16 autocast (default fp32)")
+                   help="fp32, bf16/fp16 autocast, or int8 (our INT8 model; default fp32)")
+    p.add_argument("--int8-model", metavar="FILE.xml", help="with --dtype int8: time this `convnext quantize` "
+                   "file (default: --model quantized on random images)")
     p.add_argument("--channels-last", action="store_true",
                    help="channels_last models and inputs for every implementation (ours always runs so)")
     p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
@@ -376,6 +378,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
 
 def _benchmark(args: argparse.Namespace) -> int:
     models = [name.strip() for name in args.model.split(",") if name.strip()]
+    if args.int8_model and args.dtype != "int8":
+        raise UserError("--int8-model times an INT8 file: add --dtype int8")
     peers = [] if args.peers.strip() == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
     batches = benchmark.parse_batches(args.batch or ("16" if args.train else "1,32"))
     if args.threads is not None:
@@ -390,7 +394,8 @@ def _benchmark(args: argparse.Namespace) -> int:
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
     report = benchmark.run_benchmark(models, batches=batches, res=args.res, dtype=args.dtype, train=args.train,
                                      peers=peers, channels_last=args.channels_last, compile_mode=args.compile,
-                                     rounds=args.rounds, warmup=args.warmup, device=device, progress=progress)
+                                     rounds=args.rounds, warmup=args.warmup, device=device, progress=progress,
+                                     int8_file=args.int8_model)
     report["settings"]["keep_freed_memory"] = kept
     if args.plot:
         benchmark.plot_throughput(report, args.plot)
