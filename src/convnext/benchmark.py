@@ -327,6 +327,30 @@ def _prepare(model: nn.Module, device: torch.device, channels_last: bool, compil
     return model
 
 
+def _interleaved_rounds(steps: dict[str, Callable[[], None]], what: str, batch: int, rounds: int, warmup: int,
+                        device: torch.device, clock: Callable[[], float], say: Callable[[str], None]
+                        ) -> dict[str, list[float]]:
+    """Images/s of each step in each round; a round runs every implementation in turn, each repeated for about
+    ``ROUND_SECONDS`` (as its warm-up time says), so drift on the machine hits them all alike."""
+    iters = {}
+    for impl, step in steps.items():
+        say(f"{what}: warming up {impl}")
+        try:
+            seconds = min(_time(step, 1, device, clock) for _ in range(max(warmup, 1)))
+        except torch.OutOfMemoryError:
+            raise UserError(f"{impl} ({what}) runs out of memory; try a smaller --batch") from None
+        except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no C++ compiler for CPU code
+            first = str(err).strip().splitlines()[0]
+            raise UserError(f"torch.compile failed for {impl}: {first}") from None
+        iters[impl] = max(1, math.ceil(ROUND_SECONDS / max(seconds, 1e-6)))
+    speeds: dict[str, list[float]] = {impl: [] for impl in steps}
+    for r in range(rounds):
+        say(f"{what}: round {r + 1}/{rounds}")
+        for impl, step in steps.items():
+            speeds[impl].append(batch * iters[impl] / _time(step, iters[impl], device, clock))
+    return speeds
+
+
 def run_benchmark(
     models: Sequence[str],
     *,
@@ -392,23 +416,7 @@ def run_benchmark(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             steps = {impl: _make_step(m, x, train=train, dtype=DTYPES[dtype]) for impl, m in contenders.items()}
-            iters = {}
-            for impl, step in steps.items():
-                say(f"{name} batch {batch}: warming up {impl}")
-                try:
-                    seconds = min(_time(step, 1, device, clock) for _ in range(max(warmup, 1)))
-                except torch.OutOfMemoryError:
-                    raise UserError(f"{impl} {name} at batch {batch} runs out of memory; try a smaller "
-                                    "--batch") from None
-                except torch._dynamo.exc.BackendCompilerFailed as err:  # e.g. no C++ compiler for CPU code
-                    first = str(err).strip().splitlines()[0]
-                    raise UserError(f"torch.compile failed for {impl}: {first}") from None
-                iters[impl] = max(1, math.ceil(ROUND_SECONDS / max(seconds, 1e-6)))
-            speeds: dict[str, list[float]] = {impl: [] for impl in steps}
-            for r in range(rounds):
-                say(f"{name} batch {batch}: round {r + 1}/{rounds}")
-                for impl, step in steps.items():
-                    speeds[impl].append(batch * iters[impl] / _time(step, iters[impl], device, clock))
+            speeds = _interleaved_rounds(steps, f"{name} batch {batch}", batch, rounds, warmup, device, clock, say)
             for impl, step in steps.items():
                 median = statistics.median(speeds[impl])
                 row = dict(model=name, batch=batch, impl=impl, img_s=_spread(speeds[impl]),
