@@ -92,13 +92,13 @@ def _info(args: argparse.Namespace) -> int:
     height, width = (args.res, args.res) if isinstance(args.res, int) else args.res
     print(f"{args.model} at {height}x{width}")
     print(f"  parameters   {info['params']:,}")
-    print(f"  GMACs        {info['gmacs']:.2f}")
+    print(f"  GMACs        {info['gmacs']:.2f}  (what the paper's tables call FLOPs)")
     print(f"  activations  {info['activations_m']:.2f} M")
     if info["pretrained"]:
-        print("  pretrained weights (ImageNet-1K top-1):")
+        print(f"  pretrained weights{' (ADE20K)' if dense else ' (ImageNet-1K top-1)'}:")
         for w in info["pretrained"]:
-            top1 = f"{w['top1']:.1f}" if w["top1"] is not None else "  - "
-            print(f"    {w['tag']:<20} {w['res']}px  {top1}  {w['num_classes']} classes  crop {w['crop_pct']}")
+            top1 = "" if dense else (f"{w['top1']:.1f}  " if w["top1"] is not None else "  -   ")
+            print(f"    {w['tag']:<20} {w['res']}px  {top1}{w['num_classes']} classes  crop {w['crop_pct']}")
     return 0
 
 
