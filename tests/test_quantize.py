@@ -121,3 +121,23 @@ def test_benchmark_times_the_int8_file(setup, capsys, monkeypatch):
     assert f"holds a convnext_atto at {RES} px: pass --model convnext_atto --res {RES}" in capsys.readouterr().err
     assert main([*args[:-4], "--int8-model", str(setup["out"])]) == 2
     assert "--int8-model times an INT8 file: add --dtype int8" in capsys.readouterr().err
+
+
+def test_a_bad_val_folder_stops_before_any_file_is_written(setup, tmp_path, capsys):
+    out = tmp_path / "q.xml"
+    argv = ["quantize", "--model", "convnext_atto", "--checkpoint", str(setup["ckpt"]), "--calibrate",
+            str(setup["calibrate"]), "--samples", "8", "--val", str(setup["calibrate"] / "3"), "--out", str(out)]
+    _one_line_error(capsys, argv, "error:")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UserError, match="is one INT8 model; it has no model_ema weights"):
+        if not setup["out"].exists():
+            assert main(setup["args"]) == 0
+        load_model(checkpoint=setup["out"], key="model_ema")
+
+
+def test_a_segmentation_run_is_named_as_such(tmp_path):
+    ckpt = tmp_path / "seg.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "config": {"model": "upernet_convnext_tiny"}}, ckpt)
+    with pytest.raises(UserError, match=r"holds a upernet_convnext_tiny \(semantic segmentation\); use `convnext "
+                                        r"segment` for it"):
+        load_model(checkpoint=ckpt)

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from torch import nn
+
 from .errors import UserError
 from .evaluation import evaluate_model
 from .loading import load_model
@@ -48,8 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    start = time.perf_counter()
+def _float_model(args: argparse.Namespace) -> nn.Module:
+    """The model to quantize, after every check that needs no work."""
     if args.backend not in BACKENDS:
         raise UserError(f"unsupported quantization backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
     out = Path(args.out)
@@ -59,29 +61,38 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("give --checkpoint CKPT, or --model with --pretrained [TAG]")
     if Path(args.checkpoint or "").suffix == SUFFIX:
         raise UserError(f"{args.checkpoint} is already an INT8 model; quantize its float checkpoint")
-    model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
+    return load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
+
+
+def run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    model = _float_model(args)
     config = {k: v for k, v in model.pretrained_cfg.items() if k != "label_names"}
     images, skipped = calibration_images(args.calibrate, config, samples=args.samples)
     for problem in skipped:
         print(f"convnext quantize: skipped: {problem}", file=sys.stderr)
+    float_val = evaluate_model(model, args.val) if args.val else None  # a bad --val stops here, before any work
     print(f"{model.model_name}: calibrating on {len(images)} images of {args.calibrate} ({args.backend})",
           file=sys.stderr)
     quantized = quantize(model, images, backend=args.backend, keep_head_float=not args.int8_head)
-    save_quantized(quantized, out)
-    reloaded = load_quantized(out)  # everything below runs the file as written
-    size = out.stat().st_size + out.with_suffix(".bin").stat().st_size
-    report = dict(model=model.model_name, out=str(out), bytes=size, calibration=compare(model, reloaded, images),
+    report = dict(model=model.model_name, out=args.out, calibration=compare(model, quantized, images),
                   skipped=len(skipped))
     accuracy = None
-    if args.val:
-        accuracy = [("float32", evaluate_model(model, args.val)), ("int8", evaluate_model(reloaded, args.val))]
+    if float_val is not None:
+        accuracy = [("float32", float_val), ("int8", evaluate_model(quantized, args.val))]
         report["val"] = {name: {k: m[k] for k in ("top1", "top5", "count")} for name, m in accuracy}
         report["val"]["drop"] = accuracy[0][1]["top1"] - accuracy[1][1]["top1"]
+    out = save_quantized(quantized, args.out)  # written once everything has passed
+    check = compare(quantized, load_quantized(out), images[:8])
+    if check["max_logit_diff"] > 0:
+        raise UserError(f"{out} read back gives other logits than the model written (max diff "
+                        f"{check['max_logit_diff']:.2e})")
+    report["bytes"] = out.stat().st_size + out.with_suffix(".bin").stat().st_size
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        for line in report_lines(report["calibration"], accuracy):
-            print(line)
-        print(f"wrote {out} + {out.with_suffix('.bin').name} ({report['bytes'] / 2**20:.1f} MB) in "
-              f"{time.perf_counter() - start:.0f}s; run it with `convnext predict --checkpoint {out} IMAGES`")
+        return 0
+    for line in report_lines(report["calibration"], accuracy):
+        print(line)
+    print(f"wrote {out} + {out.with_suffix('.bin').name} ({report['bytes'] / 2**20:.1f} MB) in "
+          f"{time.perf_counter() - start:.0f}s; run it with `convnext predict --checkpoint {out} IMAGES`")
     return 0

@@ -19,6 +19,10 @@ from .models import build_model, create_model
 from .recipes import TrainConfig, config_from_dict
 from .weights import convert_state_dict, load_checkpoint, read_checkpoint_file, read_metadata, read_state_dict
 
+# Run checkpoints of the dense tasks, told apart by their model's name, and the command that reads them
+DENSE_TASKS = {"upernet": "semantic segmentation", "maskrcnn": "instance segmentation", "fasterrcnn": "detection"}
+DENSE_COMMANDS = {"upernet": "segment", "maskrcnn": "detect", "fasterrcnn": "detect"}
+
 
 def build_run_model(config: TrainConfig, num_classes: int) -> nn.Module:
     """The model with the run's regularisation; options left at neutral values are not passed, so any
@@ -68,6 +72,8 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
         raise UserError("give either --checkpoint or released weights (--pretrained / MODEL.TAG), not both")
     path = Path(checkpoint)
     if path.suffix == ".xml":  # an INT8 model `convnext quantize` wrote
+        if key is not None:
+            raise UserError(f"{path} is one INT8 model; it has no {key} weights")
         return _quantized(name, path)
     raw = read_checkpoint_file(path)  # read once: tensors, or the whole record of a training run
     run_config = _run_config(raw, path)
@@ -75,6 +81,10 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
         raise UserError(f"{path} holds no {key} weights (the run trained without them)")
     state = convert_state_dict(read_state_dict(raw, key=key))
     head = state.get("head.weight")
+    dense = str((run_config or {}).get("model", "")).split("_")[0]
+    if dense in DENSE_TASKS:
+        raise UserError(f"{path} holds a {run_config['model']} ({DENSE_TASKS[dense]}); use `convnext "
+                        f"{DENSE_COMMANDS[dense]}` for it (this command takes image classifiers)")
     if run_config:
         config = config_from_dict(run_config)
         if name is not None and config.model != name:
