@@ -77,14 +77,14 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
         return _quantized(name, path)
     raw = read_checkpoint_file(path)  # read once: tensors, or the whole record of a training run
     run_config = _run_config(raw, path)
-    if key is not None and key in raw and raw[key] is None:
-        raise UserError(f"{path} holds no {key} weights (the run trained without them)")
-    state = convert_state_dict(read_state_dict(raw, key=key))
-    head = state.get("head.weight")
     dense = str((run_config or {}).get("model", "")).split("_")[0]
     if dense in DENSE_TASKS:
         raise UserError(f"{path} holds a {run_config['model']} ({DENSE_TASKS[dense]}); use `convnext "
                         f"{DENSE_COMMANDS[dense]}` for it (this command takes image classifiers)")
+    if key is not None and key in raw and raw[key] is None:
+        raise UserError(f"{path} holds no {key} weights (the run trained without them)")
+    state = convert_state_dict(read_state_dict(raw, key=key))
+    head = state.get("head.weight")
     if run_config:
         config = config_from_dict(run_config)
         if name is not None and config.model != name:
