@@ -18,6 +18,7 @@ from .models import (
     list_models,
 )
 from .recipes import RECIPES, TrainConfig, resolve_config
+from . import detection  # registers the detectors (maskrcnn_convnext_*, fasterrcnn_convnext_*)
 from .roadmap import STEPS as ROADMAP_STEPS  # importing roadmap registers the roadmap_* models
 from .roadmap import RoadmapConfig, RoadmapNet
 from .training import train

@@ -59,14 +59,16 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters, GMACs, activations and released weights of a model")
     p.add_argument("model")
     p.add_argument("--res", type=int, default=224, help="input resolution (default 224)")
-    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--num-classes", type=int, help="(default: 1000 for classifiers, 91 for detectors)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_info)
 
 
 def _info(args: argparse.Namespace) -> int:
-    model = _meta_model(args.model, num_classes=args.num_classes)
-    info = dict(model=args.model, **model_info(model, args.res))
+    model = _meta_model(args.model, **({} if args.num_classes is None else {"num_classes": args.num_classes}))
+    # a detector counts itself at its own test size (1280x800), on a real forward
+    info = dict(model=args.model, **(model.complexity() if hasattr(model, "complexity") else
+                                     model_info(model, args.res)))
     info["pretrained"] = [
         dict(tag=w.tag, res=w.res, num_classes=w.num_classes, top1=w.top1, crop_pct=w.data_config["crop_pct"],
              interpolation=w.data_config["interpolation"], url=w.url, hf_hub_id=w.hf_hub_id)
@@ -75,10 +77,11 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"{args.model} at {args.res}x{args.res}")
+    print(f"{args.model} at {info['res'] if isinstance(info['res'], str) else f'{args.res}x{args.res}'}")
     print(f"  parameters   {info['params']:,}")
     print(f"  GMACs        {info['gmacs']:.2f}")
-    print(f"  activations  {info['activations_m']:.2f} M")
+    if "activations_m" in info:
+        print(f"  activations  {info['activations_m']:.2f} M")
     if info["pretrained"]:
         print("  pretrained weights (ImageNet-1K top-1):")
         for w in info["pretrained"]:

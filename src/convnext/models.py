@@ -325,5 +325,6 @@ def create_model(
         load_checkpoint(model, download_weights(entry))
         model.pretrained_cfg["tag"] = entry.tag
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        init = getattr(model, "init_from_checkpoint", None)  # a detector: its own file, or a backbone's
+        init(checkpoint) if init is not None else load_checkpoint(model, checkpoint)
     return model
