@@ -1,5 +1,6 @@
 """ConvNeXt ("A ConvNet for the 2020s", Liu et al., CVPR 2022) for PyTorch."""
 
+from . import detection  # noqa: F401 - registers the detectors (maskrcnn_convnext_*, fasterrcnn_convnext_*)
 from .allocator import keep_freed_memory
 from .complexity import count_params, model_info
 from .errors import UserError
@@ -18,7 +19,6 @@ from .models import (
     list_models,
 )
 from .recipes import RECIPES, TrainConfig, resolve_config
-from . import detection  # registers the detectors (maskrcnn_convnext_*, fasterrcnn_convnext_*)
 from .roadmap import STEPS as ROADMAP_STEPS  # importing roadmap registers the roadmap_* models
 from .roadmap import RoadmapConfig, RoadmapNet
 from .training import train

@@ -4,7 +4,7 @@ data and the COCO protocol (box and mask AP), trained with the same run machiner
 Importing this package registers ``maskrcnn_convnext_{tiny,small,base}`` and ``fasterrcnn_convnext_*``.
 """
 
-from .model import ConvNeXtFPN, ConvNeXtFasterRCNN, ConvNeXtMaskRCNN, build_detector, init_backbone
+from .model import ConvNeXtFasterRCNN, ConvNeXtFPN, ConvNeXtMaskRCNN, build_detector, init_backbone
 from .model import _register as _register_models
 
 _register_models()
