@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import benchmark, cli_robustness, export
+from . import benchmark, cli_detect, cli_robustness, export
 from .allocator import keep_freed_memory
 from .complexity import model_info
 from .errors import UserError
@@ -391,7 +391,7 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [_add_models, _add_info, _add_demo, _add_train, _add_evaluate, _add_predict, _add_export, _add_roadmap,
-            _add_benchmark, cli_robustness.add_parser]
+            _add_benchmark, cli_robustness.add_parser, cli_detect.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

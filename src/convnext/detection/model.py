@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -26,8 +28,10 @@ from ..models import MODEL_ARCHS, ConvNeXtFeatures
 from ..weights import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint, read_checkpoint_file
 
 FPN_CHANNELS = 256
+BOX_HEAD_WIDTH = 1024
 # mmdet's Mask R-CNN keeps 1000 proposals per image in training (torchvision's default is 2000)
 RPN_TRAIN_PROPOSALS = 1000
+ROIS_PER_IMAGE = 512  # RoIs sampled per training image for the RoI heads (a quarter of them positive at most)
 SIZES = ("tiny", "small", "base")
 KINDS = {"maskrcnn": MaskRCNN, "fasterrcnn": FasterRCNN}
 # The COCO protocol's test scale (shorter side 800, longer at most 1333): where `convnext info` counts FLOPs.
@@ -77,6 +81,12 @@ class _DetectorMixin:
     in_chans = 3
     stride = 32
 
+    def train(self, mode: bool = True):
+        """Also switch the input size: one of the training sizes per image, or the test size."""
+        super().train(mode)
+        self.transform.min_size = self.train_sizes if mode else (self.test_size,)
+        return self
+
     def layer_decay_ids(self) -> tuple[dict[str, int], int]:
         return backbone_layer_ids(self)
 
@@ -121,12 +131,19 @@ class ConvNeXtFasterRCNN(_DetectorMixin, FasterRCNN):
 
 def build_detector(kind: str, size: str = "tiny", *, num_classes: int = 91, drop_path_rate: float = 0.0,
                    min_size: int | tuple[int, ...] = TEST_MIN_SIZE, max_size: int = TEST_MAX_SIZE,
-                   layer_scale_init_value: float | None = 1e-6, **backbone_args) -> nn.Module:
+                   test_size: int = TEST_MIN_SIZE, rois_per_image: int = ROIS_PER_IMAGE,
+                   proposals: int = RPN_TRAIN_PROPOSALS,
+                   layer_scale_init_value: float | None = 1e-6, fpn_channels: int = FPN_CHANNELS,
+                   head_width: int = BOX_HEAD_WIDTH, **backbone_args) -> nn.Module:
     """A ``kind`` ("maskrcnn" or "fasterrcnn") detector on ConvNeXt-``size`` for ``num_classes`` classes
     counting the background (COCO's 80 categories keep their ids up to 90: 91).
 
-    ``min_size`` may be a tuple: training then picks one shorter side per batch (multi-scale), evaluation
-    uses the last. ``backbone_args`` (``depths``, ``dims``) change the backbone, e.g. to a small one for tests.
+    ``min_size`` (the shorter side in training) may be a tuple: training then picks one per image
+    (multi-scale); evaluation uses ``test_size``; the longer side stays within ``max_size``.
+    ``backbone_args`` (``depths``, ``dims``) change the backbone, and ``fpn_channels`` / ``head_width`` the FPN
+    and the box head, e.g. to a small detector for tests and the demo; ``rois_per_image`` (RoIs sampled per
+    image for the box and mask heads) and ``proposals`` (kept by the RPN per training image) trade the
+    official values for speed.
     """
     if kind not in KINDS:
         raise UserError(f"unknown detector {kind!r}; choose from {', '.join(KINDS)}")
@@ -136,11 +153,19 @@ def build_detector(kind: str, size: str = "tiny", *, num_classes: int = 91, drop
     body = ConvNeXtFeatures(**arch, drop_path_rate=drop_path_rate, layer_scale_init_value=layer_scale_init_value)
     cls = ConvNeXtMaskRCNN if kind == "maskrcnn" else ConvNeXtFasterRCNN
     sizes = tuple(min_size) if isinstance(min_size, list | tuple) else (int(min_size),)
-    model = cls(ConvNeXtFPN(body), num_classes=num_classes, min_size=sizes, max_size=max_size,
+    heads = dict(box_head=TwoMLPHead(fpn_channels * 7 * 7, head_width),
+                 box_predictor=FastRCNNPredictor(head_width, num_classes))
+    if kind == "maskrcnn":
+        heads.update(mask_head=MaskRCNNHeads(fpn_channels, (fpn_channels,) * 4, 1),
+                     mask_predictor=MaskRCNNPredictor(fpn_channels, fpn_channels, num_classes))
+    model = cls(ConvNeXtFPN(body, fpn_channels), min_size=sizes, max_size=max_size,
                 image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-                rpn_post_nms_top_n_train=RPN_TRAIN_PROPOSALS)
-    model.num_classes = num_classes
-    model.build_args = (kind, size, dict(num_classes=num_classes, min_size=sizes, max_size=max_size, **backbone_args))
+                rpn_post_nms_top_n_train=proposals, box_batch_size_per_image=rois_per_image, **heads)
+    model.num_classes, model.train_sizes, model.test_size = num_classes, sizes, test_size
+    model.train(model.training)
+    model.build_args = (kind, size, dict(num_classes=num_classes, min_size=sizes, max_size=max_size,
+                                         test_size=test_size, rois_per_image=rois_per_image, proposals=proposals,
+                                         fpn_channels=fpn_channels, head_width=head_width, **backbone_args))
     return model
 
 
