@@ -146,11 +146,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .detection.demo import COUNTS, draw_demo
+    from .detection.demo import COUNTS, draw_demo, pretrain_backbone
     from .detection.train import train_detector
 
     start = time.perf_counter()
-    config = resolve_detect_config("demo", output=args.output)
+    backbone = pretrain_backbone(Path(args.output) / "backbone", print)
+    config = resolve_detect_config("demo", output=args.output, backbone=str(backbone))
     summary = train_detector(config, resume=not args.restart)
     figure = draw_demo(Path(args.output))
     ap = summary["final"]["box_ap"]

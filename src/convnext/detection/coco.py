@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,7 +211,9 @@ class CocoData:
         anns = [a for a in self.coco.imgToAnns[info["id"]] if not a["iscrowd"]]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns], dtype=torch.float32).reshape(-1, 4)
-        masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, img.height, img.width))
+        with warnings.catch_warnings():  # pycocotools' decoder warns about NumPy 2's copy keyword
+            warnings.simplefilter("ignore", DeprecationWarning)
+            masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, img.height, img.width))
         return img, dict(boxes=boxes, labels=torch.tensor([self.label_of[a["category_id"]] for a in anns],
                                                           dtype=torch.int64),
                          masks=torch.from_numpy(masks.astype(np.uint8)), image_id=info["id"])

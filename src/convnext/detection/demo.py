@@ -26,7 +26,8 @@ DIGITS = (0, 1, 4)
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
 SIZE = 128
 TRAIN_SHARE = 2 / 3
-COUNTS = {"train": 240, "val": 60}
+COUNTS = {"train": 160, "val": 60}
+PRETRAIN_EPOCHS = 4
 
 
 def _backgrounds(split: str) -> list[np.ndarray]:
@@ -152,3 +153,16 @@ def draw_demo(run_dir: Path, count: int = 8, score: float = 0.5) -> Path:
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return out
+
+
+def pretrain_backbone(folder: Path, say: Callable[[str], None]) -> Path:
+    """The demo detector's backbone weights: the classification demo's slim ConvNeXt (``convnext train``,
+    recipe ``demo``) trained for ``PRETRAIN_EPOCHS`` epochs on the training split of the digits, once."""
+    from ..recipes import resolve_config
+    from ..training import train
+
+    config = resolve_config("demo", epochs=PRETRAIN_EPOCHS, output=str(folder))
+    say(f"demo: pre-training the backbone as a digit classifier ({PRETRAIN_EPOCHS} epochs, kept in {folder})")
+    summary = train(config, log=lambda text: say(f"  {text}"))
+    say(f"demo: backbone classifier top-1 {summary['best_top1']:.1f}% on the held-out digits")
+    return folder / "best.pt"

@@ -63,11 +63,12 @@ class DetectConfig:
 RECIPES: dict[str, dict] = {
     "coco_3x": {},
     "coco_1x": dict(epochs=12, lr_steps=(8, 11)),
-    # the built-in demo on 2 CPU cores: a slim detector on 128 px images (see convnext.detection.demo)
+    # the built-in demo on 2 CPU cores: a slim detector on 128 px images (see convnext.detection.demo), its
+    # backbone the slim ConvNeXt of the classification demo
     "demo": dict(model="maskrcnn_convnext_tiny",
-                 model_args=dict(dims=[32, 64, 128, 256], depths=[1, 1, 3, 1], fpn_channels=32, head_width=128,
+                 model_args=dict(dims=[24, 48, 96, 192], depths=[1, 1, 3, 1], fpn_channels=32, head_width=128,
                                  rois_per_image=32, proposals=200),
-                 epochs=10, lr_steps=(7, 9), warmup_iters=50, batch_size=4, lr=1e-3, lr_batch=4, layer_decay=1.0,
+                 epochs=8, lr_steps=(6, 7), warmup_iters=50, batch_size=4, lr=1e-3, lr_batch=4, layer_decay=1.0,
                  drop_path=0.0, min_sizes=(96, 112, 128), max_size=256, test_size=128, workers=0,
                  output="runs/detect-demo"),
 }
@@ -128,10 +129,17 @@ def check_detect_config(config: DetectConfig) -> None:
     need(len(config.betas) == 2 and all(0 <= b < 1 for b in config.betas), "betas", "two numbers in [0, 1)")
     need(bool(config.min_sizes) and all(isinstance(s, int) and s >= 32 for s in config.min_sizes), "min_sizes",
          "whole numbers of at least 32")
-    need(all(0 < s < config.epochs for s in config.lr_steps) and list(config.lr_steps) == sorted(config.lr_steps),
-         "lr_steps", f"rising epochs inside the run's {config.epochs} (fit_to_run=true scales them)")
+    if not config.fit_to_run or "lr_steps" in config.given:  # else fit_to_run scales them, then checks
+        check_lr_steps(config)
     if not isinstance(config.model_args, dict):
         raise UserError("setting model_args: expected a JSON object")
+
+
+def check_lr_steps(config: DetectConfig) -> None:
+    steps = list(config.lr_steps)
+    if not (all(isinstance(s, int | float) and 0 < s < config.epochs for s in steps) and steps == sorted(steps)):
+        raise UserError(f"setting lr_steps={json.dumps(steps)}: must be rising epochs inside the run's "
+                        f"{config.epochs} (--fit-to-run scales the recipe's)")
 
 
 def fit_to_run(config: DetectConfig, train_images: int, world_size: int = 1) -> list[str]:
@@ -139,7 +147,7 @@ def fit_to_run(config: DetectConfig, train_images: int, world_size: int = 1) -> 
     warm-up kept to a share of it. Only settings the user did not give change; one line per change."""
     if not config.fit_to_run:
         return []
-    notes = []
+    notes: list[str] = []
     recipe_epochs = RECIPES[config.recipe].get("epochs", DetectConfig.epochs)
     recipe_steps = RECIPES[config.recipe].get("lr_steps", DetectConfig.lr_steps)
     if config.epochs != recipe_epochs and "lr_steps" not in config.given:
@@ -153,6 +161,7 @@ def fit_to_run(config: DetectConfig, train_images: int, world_size: int = 1) -> 
         notes.append(f"warmup_iters {config.warmup_iters} -> {cap}: at most {WARMUP_SHARE:.0%} of this "
                      f"{total}-step run")
         config.warmup_iters = cap
+    check_lr_steps(config)
     return notes
 
 
