@@ -104,3 +104,12 @@ def test_the_cli_says_one_line_for_a_broken_json(tmp_path, capsys):
 def test_a_folder_needs_one_json_and_images(tmp_path):
     with pytest.raises(UserError, match="no instances"):
         find_coco(tmp_path)
+
+
+def test_the_cli_refuses_bad_settings_in_one_line(tmp_path, capsys):
+    for argv, message in ((["--model", "convnext_tiny"], "a detector is needed"),
+                          (["--set", "lr_steps=[30, 40]", "--epochs", "12"], "lr_steps"),
+                          (["--set", "layer_decay=1.5"], "layer_decay")):
+        assert main(["detect", "train", "--output", str(tmp_path / "run"), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err

@@ -131,6 +131,9 @@ def check_detect_config(config: DetectConfig) -> None:
          "whole numbers of at least 32")
     if not config.fit_to_run or "lr_steps" in config.given:  # else fit_to_run scales them, then checks
         check_lr_steps(config)
+    if not config.model.startswith(("maskrcnn_convnext_", "fasterrcnn_convnext_")):
+        raise UserError(f"--model {config.model}: a detector is needed, maskrcnn_convnext_{{tiny,small,base}} or "
+                        "fasterrcnn_convnext_* (a classifier's weights go to --backbone)")
     if not isinstance(config.model_args, dict):
         raise UserError("setting model_args: expected a JSON object")
 

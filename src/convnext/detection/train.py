@@ -295,5 +295,9 @@ def load_detector(checkpoint: str | Path) -> tuple[nn.Module, list[str], list[in
         raise UserError(f"{checkpoint} is not a checkpoint of `convnext detect train` (no config and categories)")
     config = config_from_dict(raw["config"])
     model = build_run_detector(config, len(raw["classes"]) + 1)
-    model.load_state_dict(raw["model"])
+    try:
+        model.load_state_dict(raw["model"])
+    except RuntimeError as err:
+        raise UserError(f"{checkpoint} does not fit the detector its config describes: "
+                        f"{str(err).strip().splitlines()[0]}") from None
     return model.eval(), list(raw["classes"]), list(raw["category_ids"])
