@@ -1,5 +1,6 @@
 """ConvNeXt ("A ConvNet for the 2020s", Liu et al., CVPR 2022) for PyTorch."""
 
+from . import detection  # noqa: F401 - registers the detectors (maskrcnn_convnext_*, fasterrcnn_convnext_*)
 from .allocator import keep_freed_memory
 from .complexity import count_params, model_info
 from .errors import UserError

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import benchmark, cli_quantize, cli_robustness, cli_segment, export
+from . import benchmark, cli_detect, cli_quantize, cli_robustness, cli_segment, export
 from .allocator import keep_freed_memory
 from .complexity import model_info
 from .errors import UserError
@@ -59,8 +59,9 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="parameters, GMACs, activations and released weights of a model")
     p.add_argument("model")
     p.add_argument("--res", type=_resolution, help="input resolution, a side or HxW (default 224; 512x2048 for "
-                   "segmentation models, the paper's Table 4)")
-    p.add_argument("--num-classes", type=int, help="classes of the head (default 1000; 150 for segmentation)")
+                   "segmentation models, the paper's Table 4; detectors: their test size 1280x800)")
+    p.add_argument("--num-classes", type=int, help="classes of the head (default 1000; 150 for segmentation, "
+                   "91 for detectors)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_info)
 
@@ -79,8 +80,11 @@ def _resolution(text: str) -> int | tuple[int, int]:
 def _info(args: argparse.Namespace) -> int:
     dense = args.model.startswith("upernet_")  # the paper counts segmentation FLOPs at 512x2048, 150 classes
     args.res = args.res or ((512, 2048) if dense else 224)
-    model = _meta_model(args.model, num_classes=args.num_classes or (150 if dense else 1000))
-    info = dict(model=args.model, **model_info(model, args.res))
+    classes = args.num_classes or (150 if dense else None)
+    model = _meta_model(args.model, **({} if classes is None else {"num_classes": classes}))
+    # a detector counts itself at its own test size (1280x800), on a real forward
+    info = dict(model=args.model, **(model.complexity() if hasattr(model, "complexity") else
+                                     model_info(model, args.res)))
     info["pretrained"] = [
         dict(tag=w.tag, res=w.res, num_classes=w.num_classes, top1=w.top1, crop_pct=w.data_config["crop_pct"],
              interpolation=w.data_config["interpolation"], url=w.url, hf_hub_id=w.hf_hub_id)
@@ -89,11 +93,13 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    height, width = (args.res, args.res) if isinstance(args.res, int) else args.res
-    print(f"{args.model} at {height}x{width}")
+    res = info["res"]
+    size = res if isinstance(res, str) else "x".join(map(str, (res, res) if isinstance(res, int) else res))
+    print(f"{args.model} at {size}")
     print(f"  parameters   {info['params']:,}")
     print(f"  GMACs        {info['gmacs']:.2f}  (what the paper's tables call FLOPs)")
-    print(f"  activations  {info['activations_m']:.2f} M")
+    if "activations_m" in info:
+        print(f"  activations  {info['activations_m']:.2f} M")
     if info["pretrained"]:
         print(f"  pretrained weights{' (ADE20K)' if dense else ' (ImageNet-1K top-1)'}:")
         for w in info["pretrained"]:
@@ -409,7 +415,8 @@ def _benchmark(args: argparse.Namespace) -> int:
 
 
 COMMANDS = [_add_models, _add_info, _add_demo, _add_train, _add_evaluate, _add_predict, _add_export, _add_roadmap,
-            _add_benchmark, cli_robustness.add_parser, cli_segment.add_parser, cli_quantize.add_parser]
+            _add_benchmark, cli_robustness.add_parser, cli_segment.add_parser, cli_detect.add_parser,
+            cli_quantize.add_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -60,6 +60,8 @@ def layer_ids(model: nn.Module, res: int = 224) -> tuple[dict[str, int], int]:
     last (12 + 1 for [3, 3, 27, 3], exactly the official ids; 6 + 1 for tiny's [3, 3, 9, 3]). Isotropic
     ConvNeXt: stem 0, block i is i + 1. Any other model: blocks in the order a forward pass reaches them.
     """
+    if hasattr(model, "layer_decay_ids"):  # a model with its own map (the detectors)
+        return model.layer_decay_ids()
     names = [name for name, _ in model.named_parameters()]
     if isinstance(model, ConvNeXt) and len(model.depths) == 4 and not model.features_only:
         top = 3 + math.ceil(model.depths[2] / 3) + 1
