@@ -133,6 +133,16 @@ def test_cli_train_evaluate_predict_and_one_line_errors(tmp_path, capsys):
                  "--output", str(tmp_path / "pred")]) == 0
     labels = np.asarray(Image.open(tmp_path / "pred" / "s0_labels.png"))
     assert labels.shape == (48, 48) and labels.max() < 3 and (tmp_path / "pred" / "s0_overlay.png").is_file()
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    capsys.readouterr()
+    assert main(["segment", "predict", "--checkpoint", str(run / "best.pt"), str(tmp_path / "bad.png"),
+                 "--output", str(tmp_path / "pred")]) == 1
+    captured = capsys.readouterr()
+    assert "skipped" in captured.err and "1 of 1 files could not be read" in captured.err
+    assert main(["segment", "train", "--data", str(data), "--output", str(run), "--num-classes", "3", "--iters",
+                 "2", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--set", "crop=32", "scale=[64,32]",
+                 "amp=false", "eval_every=2", f"model_args={tiny}"]) == 0
+    assert "the run is complete (2 iterations)" in capsys.readouterr().out
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(data / "val" / "masks" / "s1.png")
     capsys.readouterr()
     assert main(["segment", "evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data)]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -148,8 +149,14 @@ def _predict(args: argparse.Namespace) -> int:
     model.to(args.device)
     results = predict_folder(model, images, args.output, settings, num_classes=model.num_classes,
                              multi_scale=args.multi_scale, device=args.device)
+    failed = [row for row in results if "error" in row]
     for row in results:
-        print(f"{row['image']}: " + (row["error"] + ", skipped" if "error" in row else f"-> {row['overlay']}"))
-    written = sum("error" not in row for row in results)
-    print(f"wrote label maps and overlays of {written} images to {args.output}")
+        if "error" in row:
+            print(f"convnext segment predict: skipped {row['image']}: {row['error']}", file=sys.stderr)
+        else:
+            print(f"{row['image']} -> {row['overlay']}")
+    print(f"wrote label maps and overlays of {len(results) - len(failed)} images to {args.output}")
+    if failed:  # as classification's predict: a run that could not read everything says so in its status
+        print(f"convnext segment predict: {len(failed)} of {len(results)} files could not be read", file=sys.stderr)
+        return 1
     return 0

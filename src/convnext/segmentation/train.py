@@ -136,7 +136,9 @@ def _train(config: SegConfig, rt: Runtime, folder: CheckpointManager, resume: bo
     state, net = _state(config, rt, saved is None, say)
     if saved is not None:
         state.restore(saved, rt)
-        say(f"resuming {folder.last} at iteration {state.epoch * config.eval_every + state.step}")
+        done = min(state.epoch * config.eval_every + state.step, config.iters)  # the last chunk may be short
+        say(f"{folder.last}: the run is complete ({done} iterations)" if done == config.iters
+            else f"resuming {folder.last} at iteration {done}")
     elif not resume and rt.main:
         folder.start_over()
     log = RunLog(folder.folder, main=rt.main, tensorboard=False)
