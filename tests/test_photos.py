@@ -33,3 +33,13 @@ def test_a_fitted_run_learns_real_photos(tmp_path):
     assert any(line.startswith("fitted to this run: lr ") for line in logs)
     assert summary["best_top1"] >= 50  # chance is 16.7%
     assert (tmp_path / "run" / "augment.png").stat().st_size > 10_000
+
+
+def test_the_module_command_refuses_a_non_empty_folder(tmp_path, capsys):
+    from convnext.photos import main
+
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    assert main([str(tmp_path / "full")]) == 2
+    assert "is not an empty folder" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]

@@ -79,7 +79,23 @@ def make_photo_crops(out_dir: str | os.PathLike, *, train_per_class: int = 40, v
     return out
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    import argparse
     import sys
 
-    print(make_photo_crops(sys.argv[1] if len(sys.argv) > 1 else "photos"))
+    parser = argparse.ArgumentParser(prog="python -m convnext.photos", description="Write six classes of crops of "
+                                     "scikit-image's bundled photographs as DIR/train and DIR/val (3 of each "
+                                     "photo's 9 tiles held out for validation).")
+    parser.add_argument("dir", nargs="?", default="photos", help="output folder, new or empty (default photos)")
+    args = parser.parse_args(argv)
+    out = Path(args.dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        print(f"python -m convnext.photos: error: {out} exists and is not an empty folder; name a new one",
+              file=sys.stderr)
+        return 2
+    print(f"{make_photo_crops(out)}: train/ and val/, {len(PHOTOS)} classes")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
