@@ -120,7 +120,8 @@ def run_demo(output: str | os.PathLike = "runs/segment-demo", *, restart: bool =
                                                                                    strict=True) if iou is not None))
     figure = out / "predictions.png"
     plot_demo_predictions(model, source, settings, figure)
-    print(f"wrote {figure} and {out / 'run' / 'curves.png'}")
+    print(f"wrote {figure} and {out / 'run' / 'curves.png'}; the model is {out / 'run' / 'best.pt'}: try "
+          f"`convnext segment predict --checkpoint {out / 'run' / 'best.pt'} YOUR_IMAGES --output predictions`")
     return 0
 
 
