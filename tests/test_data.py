@@ -56,8 +56,15 @@ def test_train_and_val_found_under_one_folder(tmp_path):
     train, val = image_folders(tmp_path)
     assert (len(train), len(val)) == (6, 2)
     make_folder(tmp_path / "other", classes=("cat", "cow"))
-    with pytest.raises(UserError, match="differ from the training classes"):
+    with pytest.raises(UserError, match=r"differ from the training classes: extra \[cow\], missing \[dog\]"):
         image_folders(tmp_path, tmp_path / "other")
+
+
+def test_long_name_lists_say_they_are_cut():
+    from convnext.errors import some
+
+    assert some([str(i) for i in range(7)]) == "0, 1, 2, 3, 4, ... (7 in all)"
+    assert some(["a"]) == "a" and some([]) == "none"
 
 
 def test_digits_fixed_stratified_split():

@@ -116,7 +116,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     print("per-class IoU (single-scale): " + ", ".join(f"{k}: {v:.1f}" for k, v in enumerate(ious) if v is not None))
     skipped = results["single_scale"]["skipped"]
     if skipped:
-        print(f"skipped {len(skipped)} unreadable files: " + "; ".join(skipped[:5]))
+        print(f"skipped {len(skipped)} unreadable file{'s' * (len(skipped) != 1)}: " + "; ".join(skipped[:5]))
     return 0
 
 

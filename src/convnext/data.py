@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from .augment import seeded
-from .errors import UserError
+from .errors import UserError, some
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
              "nearest": Image.Resampling.NEAREST}
@@ -96,7 +96,7 @@ class ImageFolder:
         if classes is not None and found != classes:
             extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
             raise UserError(f"classes of {root} differ from the training classes: "
-                            f"extra {extra[:5]}, missing {missing[:5]}")
+                            f"extra [{some(extra)}], missing [{some(missing)}]")
         self.root, self.classes = root, found
         self.samples: list[tuple[str, int]] = []
         self.unusable: list[str] = []  # image names that are not readable files (broken links, link loops)

@@ -6,3 +6,9 @@ class UserError(ValueError):
 
     A ``ValueError``, so that callers who catch bad values in general catch ours too.
     """
+
+
+def some(names: list[str], shown: int = 5) -> str:
+    """``a, b, c, ... (12 in all)``: enough of a list for a one-line message, saying when it is cut."""
+    text = ", ".join(map(str, names[:shown]))
+    return f"{text}, ... ({len(names)} in all)" if len(names) > shown else text or "none"

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import Digits, EvalImages, ImageFolder
-from .errors import UserError
+from .errors import UserError, some
 from .loading import load_model
 from .weights import data_config
 
@@ -109,7 +109,7 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike | None = None, *, r
     trained = model.pretrained_cfg.get("label_names")
     if trained is not None and list(trained) != classes:
         missing, extra = sorted(set(trained) - set(classes)), sorted(set(classes) - set(trained))
-        what = f"missing {missing[:5]}, extra {extra[:5]}" if missing or extra else "in another order"
+        what = f"missing [{some(missing)}], extra [{some(extra)}]" if missing or extra else "in another order"
         raise UserError(f"the data's class folders differ from the {len(trained)} classes the checkpoint was "
                         f"trained on: {what}")
     if model.num_classes != len(classes):

@@ -250,4 +250,5 @@ def _end_interval(run: _Run, seconds: float, iteration: int, val_src, train_src)
     if state.bad_images:
         reasons = [problem(train_src, i, config.num_classes) or train_src.describe(i)
                    for i in sorted(state.bad_images)[:3]]
-        run.say(f"skipped {len(state.bad_images)} unusable training samples so far, e.g. {'; '.join(reasons)}")
+        count = len(state.bad_images)
+        run.say(f"skipped {count} unusable training sample{'s' * (count != 1)} so far, e.g. {'; '.join(reasons)}")
