@@ -125,6 +125,7 @@ def test_cli_train_evaluate_predict_and_one_line_errors(tmp_path, capsys):
                  "amp=false", "eval_every=2", f"model_args={tiny}"]) == 0
     out = capsys.readouterr().out
     assert "fitted to this run: warmup_iters 1500 -> 1" in out and "best validation mIoU" in out
+    assert "the backbone starts from random weights (no --pretrained)" in out
     assert main(["segment", "evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data),
                  "--multi-scale", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)

@@ -60,6 +60,9 @@ def build_segmentation_model(config: SegConfig, say: Callable[[str], None] = lam
             source = download_weights(get_pretrained(config.model.replace("upernet_", ""), config.pretrained))
         model.load_weights(source)
         say(f"backbone initialised from {config.pretrained}")
+    elif config.recipe != "demo":
+        say("note: the backbone starts from random weights (no --pretrained); the paper's recipe fine-tunes "
+            "ImageNet weights, e.g. --pretrained in1k_noema")
     return model
 
 
