@@ -149,3 +149,16 @@ def test_cli_train_evaluate_predict_and_one_line_errors(tmp_path, capsys):
     assert main(["segment", "evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "image is 48x48 but its mask s1.png is 10x10" in err
+
+
+def test_checkpoints_of_another_kind_or_class_count_are_named(tmp_path):
+    from convnext.segmentation.predict import load_segmentation_model
+
+    classifier = tmp_path / "cls.pt"
+    torch.save({"model": {"w": torch.zeros(1)}, "config": {"model": "convnext_atto", "res": 64}}, classifier)
+    with pytest.raises(UserError, match="holds a convnext_atto from `convnext train` \\(an image classifier\\)"):
+        load_segmentation_model(checkpoint=classifier)
+    run = tmp_path / "seg.pt"
+    torch.save({"model": {}, "config": {"model": "upernet_convnext_tiny", "crop": 32, "num_classes": 3}}, run)
+    with pytest.raises(UserError, match="was trained for 3 classes, not --num-classes 5"):
+        load_segmentation_model(checkpoint=run, num_classes=5)

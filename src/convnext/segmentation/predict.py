@@ -35,7 +35,13 @@ def load_segmentation_model(name: str | None = None, *, checkpoint: str | os.Pat
         return model.eval(), EvalSettings(scale=(4 * crop, crop), crop=crop, stride=crop * 2 // 3)
     raw = read_checkpoint_file(Path(checkpoint))
     config = raw.get("config") if isinstance(raw.get("config"), dict) else None
+    if config is not None and "crop" not in config and not str(config.get("model", "")).startswith("upernet_"):
+        raise UserError(f"{checkpoint} holds a {config.get('model')} from `convnext train` (an image classifier); "
+                        "`convnext segment` takes segmentation checkpoints (`--pretrained` of a backbone for train)")
     if config is not None and "crop" in config:  # one of our runs
+        if num_classes is not None and num_classes != config["num_classes"]:
+            raise UserError(f"{checkpoint} was trained for {config['num_classes']} classes, not --num-classes "
+                            f"{num_classes}")
         model = build_model(config["model"], num_classes=config["num_classes"], **config["model_args"])
         crop = config["crop"]
         settings = EvalSettings(scale=tuple(config["scale"]), crop=crop, stride=config["stride"] or crop * 2 // 3)
