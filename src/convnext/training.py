@@ -10,7 +10,6 @@ this module reads top to bottom as one run: the folder, the data, the plan, the 
 from __future__ import annotations
 
 import os
-import random
 import sys
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from .engine.checkpoints import CheckpointManager, check_resumable
 from .engine.loop import Trainer, train_one_epoch
 from .engine.optim import build_optimizer, layer_ids, lr_at, param_groups
 from .engine.records import RunLog
-from .engine.run import open_run
+from .engine.run import open_run, restore_or_start_over, seed_process
 from .engine.runtime import Runtime, autocast_dtype, setup_runtime, usable_workers
 from .engine.state import RunState
 from .engine.validate import validate
@@ -268,14 +267,9 @@ def _train(config: TrainConfig, rt: Runtime, folder: CheckpointManager, resume: 
     if saved is not None:
         check_resumable(saved, folder.last, config_dict(config), classes)
     state, net = build_state(config, len(classes), rt, plan, finetune=saved is None, say=say)
-    torch.manual_seed(config.seed + rt.rank)
-    random.seed(config.seed + rt.rank)
-    np.random.seed(config.seed + rt.rank)
-    if saved is not None:
-        state.restore(saved, rt)
+    seed_process(config.seed, rt.rank)
+    if restore_or_start_over(state, saved, folder, rt, resume=resume):
         say(f"resuming {folder.last} at epoch {state.epoch + 1}, step {state.step}")
-    elif not resume and rt.main:
-        folder.start_over()
     run = Run(config, rt, folder, RunLog(folder.folder, main=rt.main, tensorboard=config.tensorboard), state,
               classes, say)
     run.log.config(config_dict(config))

@@ -6,14 +6,12 @@ DDP under torchrun. The step itself is torchvision's: the detector returns its l
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -24,7 +22,7 @@ from ..data import EpochSampler
 from ..engine.checkpoints import CheckpointManager, check_resumable
 from ..engine.optim import param_groups
 from ..engine.records import RunLog
-from ..engine.run import open_run
+from ..engine.run import open_run, restore_or_start_over, seed_process
 from ..engine.runtime import Runtime, autocast_dtype
 from ..engine.state import RunState
 from ..errors import UserError
@@ -256,14 +254,9 @@ def _train(config: DetectConfig, rt: Runtime, folder: CheckpointManager, resume:
     if saved is not None:
         check_resumable(saved, folder.last, config_dict(config), train.classes)
     state, net = _build_state(config, train, rt, steps, saved is None, say)
-    torch.manual_seed(config.seed + rt.rank)
-    random.seed(config.seed + rt.rank)
-    np.random.seed(config.seed + rt.rank)
-    if saved is not None:
-        state.restore(saved, rt)
+    seed_process(config.seed, rt.rank)
+    if restore_or_start_over(state, saved, folder, rt, resume=resume):
         say(f"resuming {folder.last} at epoch {state.epoch + 1}, step {state.step}")
-    elif not resume and rt.main:
-        folder.start_over()
     run = DetectRun(config, rt, folder, RunLog(folder.folder, main=rt.main, tensorboard=False), state, net, train,
                     val, steps, say)
     run.log.config(config_dict(config))

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from ..engine.checkpoints import CheckpointManager, check_resumable
 from ..engine.loop import Trainer, train_one_epoch
 from ..engine.records import RunLog
-from ..engine.run import open_run
+from ..engine.run import open_run, restore_or_start_over
 from ..engine.runtime import Runtime, autocast_dtype, usable_workers
 from ..engine.state import RunState
 from ..errors import UserError
@@ -137,13 +137,10 @@ def _train(config: SegConfig, rt: Runtime, folder: CheckpointManager, resume: bo
     if saved is not None:
         check_resumable(saved, folder.last, config_dict(config), classes)
     state, net = _state(config, rt, saved is None, say)
-    if saved is not None:
-        state.restore(saved, rt)
+    if restore_or_start_over(state, saved, folder, rt, resume=resume):
         done = min(state.epoch * config.eval_every + state.step, config.iters)  # the last chunk may be short
         say(f"{folder.last}: the run is complete ({done} iterations)" if done == config.iters
             else f"resuming {folder.last} at iteration {done}")
-    elif not resume and rt.main:
-        folder.start_over()
     log = RunLog(folder.folder, main=rt.main, tensorboard=False)
     log.config(config_dict(config))
     started, elapsed_before = time.perf_counter(), state.elapsed
