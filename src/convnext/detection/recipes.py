@@ -68,7 +68,7 @@ RECIPES: dict[str, dict] = {
     "demo": dict(model="maskrcnn_convnext_tiny",
                  model_args=dict(dims=[24, 48, 96, 192], depths=[1, 1, 3, 1], fpn_channels=32, head_width=128,
                                  rois_per_image=32, proposals=200),
-                 epochs=8, lr_steps=(6, 7), warmup_iters=50, batch_size=4, lr=1e-3, lr_batch=4, layer_decay=1.0,
+                 epochs=16, lr_steps=(12, 15), warmup_iters=50, batch_size=4, lr=1e-3, lr_batch=4, layer_decay=1.0,
                  drop_path=0.0, min_sizes=(96, 112, 128), max_size=256, test_size=128, workers=0,
                  output="runs/detect-demo"),
 }
