@@ -111,5 +111,5 @@ def test_other_class_folders_are_named(trained, tmp_path):
     for name in ("a", "b", "zebra"):
         (tmp_path / name).mkdir()
         Image.fromarray(np.zeros((34, 34, 3), dtype=np.uint8)).save(tmp_path / name / "0.png")
-    with pytest.raises(UserError, match=r"missing \['c'\], extra \['zebra'\]"):
+    with pytest.raises(UserError, match=r"missing \[c\], extra \[zebra\]"):
         evaluate_checkpoint(None, run / "best.pt", tmp_path)
