@@ -22,6 +22,7 @@ from .quantize import (
     load_quantized,
     quantize,
     report_lines,
+    require_backend,
     save_quantized,
 )
 
@@ -52,8 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _float_model(args: argparse.Namespace) -> nn.Module:
     """The model to quantize, after every check that needs no work."""
-    if args.backend not in BACKENDS:
-        raise UserError(f"unsupported quantization backend {args.backend!r}; choose from {', '.join(BACKENDS)}")
+    require_backend(args.backend)
     out = Path(args.out)
     if out.suffix != SUFFIX or not out.parent.is_dir():
         raise UserError(f"--out must be FILE{SUFFIX} in an existing folder, got {out}")

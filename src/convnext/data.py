@@ -229,6 +229,18 @@ def digits_split(labels: np.ndarray, train_fraction: float = 0.8) -> tuple[np.nd
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
+def first_readable(source, index: int) -> tuple[tuple, int]:
+    """``source.load(index)``, or, when that image cannot be read, the next one that can (wrapping round):
+    what a training set serves so a bad file costs one sample, not the run. Returns what was loaded and
+    ``index`` when it was replaced (else -1), for the run's report."""
+    for step in range(len(source)):
+        try:
+            return source.load((index + step) % len(source)), -1 if step == 0 else index
+        except UserError:
+            continue
+    raise UserError("no image of the training set could be read")
+
+
 class TrainImages(Dataset):
     """Decode one image and apply the training transform (``convnext.augment.train_transform``) in a
     DataLoader worker; returns a normalised float CHW tensor, the label, and the index of an unreadable image
@@ -247,15 +259,7 @@ class TrainImages(Dataset):
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, epoch = item
-        bad = -1
-        for step in range(len(self.source)):
-            try:
-                img, label = self.source.load((index + step) % len(self.source))
-                break
-            except UserError:
-                bad = index if bad < 0 else bad
-        else:
-            raise UserError("no image of the training set could be read")
+        (img, label), bad = first_readable(self.source, index)
         with seeded(self.seed, epoch, index):
             return self.transform(img), label, bad
 

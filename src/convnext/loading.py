@@ -19,9 +19,9 @@ from .models import build_model, create_model
 from .recipes import TrainConfig, config_from_dict
 from .weights import convert_state_dict, load_checkpoint, read_checkpoint_file, read_metadata, read_state_dict
 
-# Run checkpoints of the dense tasks, told apart by their model's name, and the command that reads them
-DENSE_TASKS = {"upernet": "semantic segmentation", "maskrcnn": "instance segmentation", "fasterrcnn": "detection"}
-DENSE_COMMANDS = {"upernet": "segment", "maskrcnn": "detect", "fasterrcnn": "detect"}
+# Run checkpoints of the dense tasks, told apart by their model's name: the task, and the command that reads them
+DENSE_TASKS = {"upernet": ("semantic segmentation", "segment"), "maskrcnn": ("instance segmentation", "detect"),
+               "fasterrcnn": ("detection", "detect")}
 
 
 def build_run_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -77,10 +77,10 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
         return _quantized(name, path)
     raw = read_checkpoint_file(path)  # read once: tensors, or the whole record of a training run
     run_config = _run_config(raw, path)
-    dense = str((run_config or {}).get("model", "")).split("_")[0]
-    if dense in DENSE_TASKS:
-        raise UserError(f"{path} holds a {run_config['model']} ({DENSE_TASKS[dense]}); use `convnext "
-                        f"{DENSE_COMMANDS[dense]}` for it (this command takes image classifiers)")
+    task, command = DENSE_TASKS.get(str((run_config or {}).get("model", "")).split("_")[0], (None, None))
+    if task is not None:
+        raise UserError(f"{path} holds a {run_config['model']} ({task}); use `convnext {command}` for it (this "
+                        "command takes image classifiers)")
     if key is not None and key in raw and raw[key] is None:
         raise UserError(f"{path} holds no {key} weights (the run trained without them)")
     state = convert_state_dict(read_state_dict(raw, key=key))

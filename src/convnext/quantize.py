@@ -39,7 +39,8 @@ SUFFIX = ".xml"
 _RT_KEY = "convnext"  # our entries in the IR's rt_info
 
 
-def _require_backend(backend: str) -> None:
+def require_backend(backend: str) -> None:
+    """One line, before any work, when ``backend`` is unknown or its packages are missing."""
     if backend not in BACKENDS:
         raise UserError(f"unsupported quantization backend {backend!r}; choose from {', '.join(BACKENDS)}")
     missing = [m for m in ("openvino", "nncf", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
@@ -78,8 +79,6 @@ class QuantizedModel(nn.Module):
         self.model_name = metadata["model"]
         self.num_classes = int(metadata["num_classes"])
         self.pretrained_cfg = json.loads(metadata["pretrained_cfg"])
-        self.run_config = json.loads(metadata.get("run_config", "null"))
-        self.in_chans = self.pretrained_cfg["input_size"][0]
         self._compiled = None
         self._threads = None
 
@@ -97,9 +96,6 @@ class QuantizedModel(nn.Module):
     def fuse_for_inference(self) -> QuantizedModel:
         return self  # already folded by the export
 
-    def metadata(self) -> dict[str, str]:
-        return {k: str(v.value) for k, v in self.ov_model.get_rt_info()[_RT_KEY].items()}
-
 
 def _ignored_head(ov_model) -> list[str]:
     """Names of the MatMul (or Gemm) nodes that read the pooled features: the classifier head."""
@@ -110,7 +106,7 @@ def _ignored_head(ov_model) -> list[str]:
 def quantize(model: nn.Module, calibration: torch.Tensor, *, backend: str = "openvino",
              keep_head_float: bool = True, batch_size: int = 16) -> QuantizedModel:
     """INT8 ``model`` (a float model with ``pretrained_cfg``) calibrated on ``calibration`` images."""
-    _require_backend(backend)
+    require_backend(backend)
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime", as NNCF loads
     import nncf
     import openvino
@@ -156,7 +152,7 @@ def save_quantized(model: QuantizedModel, path: str | os.PathLike) -> Path:
 
 def load_quantized(path: str | os.PathLike) -> QuantizedModel:
     """A `QuantizedModel` from the ``.xml`` that `save_quantized` wrote (its ``.bin`` beside it)."""
-    _require_backend("openvino")
+    require_backend("openvino")
     import openvino
 
     path = Path(path)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import load_image, to_tensor
+from ..data import first_readable, load_image, to_tensor
 from ..errors import UserError
 
 IMAGE_DIR = "images"
@@ -247,17 +247,9 @@ class DetectionItems(torch.utils.data.Dataset):
             except UserError:
                 return torch.zeros(3, 32, 32), dict(image_id=self.source.ids[index]), index
             return to_tensor(img), target, -1
-        bad = -1
-        for step in range(len(self.source)):
-            try:
-                img, target = self.source.load((index + step) % len(self.source))
-                break
-            except UserError:
-                bad = index if bad < 0 else bad
-        else:
-            raise UserError("no image of the data set could be read")
+        (img, target), bad = first_readable(self.source, index)
         image = to_tensor(img)
-        if self.train and np.random.default_rng((self.seed, epoch, index)).random() < self.flip:
+        if np.random.default_rng((self.seed, epoch, index)).random() < self.flip:
             image, target = hflip(image, target)
         return image, target, bad
 
