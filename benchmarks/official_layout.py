@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from convnext.benchmark import NUM_CLASSES
+from convnext.deploy.benchmark import NUM_CLASSES
 from convnext.models import LN_EPS, ConvNeXt, build_model
 
 

@@ -1,6 +1,6 @@
 """The README's performance table: ConvNeXt-T against its peers, each setting in a fresh process.
 
-Every setting runs `convnext.benchmark.run_benchmark` in its own Python process, so that process-wide
+Every setting runs `convnext.deploy.benchmark.run_benchmark` in its own Python process, so that process-wide
 switches (threads, the glibc allocator setting) apply to all implementations of that setting alike and to
 nothing else. Peers: Hugging Face transformers, timm and torchvision where they import, and
 `official_layout` (the official repository's permute + Linear block). Writes a markdown table and the raw
@@ -57,8 +57,8 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(HERE))
     from official_layout import official_layout
 
-    from convnext.allocator import keep_freed_memory
-    from convnext.benchmark import run_benchmark
+    from convnext.deploy.allocator import keep_freed_memory
+    from convnext.deploy.benchmark import run_benchmark
 
     spec = json.loads(args.child)
     torch.set_num_threads(spec.pop("threads"))

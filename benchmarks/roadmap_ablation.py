@@ -1,7 +1,7 @@
 """Rerun the paper's roadmap ablation (Fig. 2) on the built-in digits: every step, one short schedule.
 
 Each ``roadmap_<step>`` trains with the ``demo`` recipe (32 px, no Mixup/CutMix/EMA) at 1/``--width-divisor``
-of its width, through the same `convnext.training.train` that ``convnext train`` runs. The measured
+of its width, through the same `convnext.tasks.classification.train.train` that ``convnext train`` runs. The measured
 validation top-1 is written beside the paper's ImageNet-1K top-1, to JSON and to a markdown table.
 
 Digits are 8x8 scans with 359 validation images (one image = 0.28 points), so a step's measured effect is
@@ -19,11 +19,11 @@ import statistics
 import time
 from pathlib import Path
 
-from convnext.complexity import count_macs_and_activations, count_params
 from convnext.models import build_model
-from convnext.recipes import resolve_config
-from convnext.roadmap import STEPS
-from convnext.training import train
+from convnext.models.complexity import count_macs_and_activations, count_params
+from convnext.models.roadmap import STEPS
+from convnext.tasks.classification.config import resolve_config
+from convnext.tasks.classification.train import train
 
 
 def run_step(step, args, seed: int) -> dict:

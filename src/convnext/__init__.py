@@ -1,14 +1,9 @@
 """ConvNeXt ("A ConvNet for the 2020s", Liu et al., CVPR 2022) for PyTorch."""
 
-from . import detection  # noqa: F401 - registers the detectors (maskrcnn_convnext_*, fasterrcnn_convnext_*)
-from .allocator import keep_freed_memory
-from .complexity import count_params, model_info
+from .deploy.allocator import keep_freed_memory
 from .errors import UserError
-from .evaluation import evaluate, evaluate_checkpoint
-from .fuse import fuse
-from .layers import LayerNorm2d, Pointwise, as_linears
-from .loading import load_model
-from .models import (
+from .models.complexity import count_params, model_info
+from .models.convnext import (
     Block,
     ConvNeXt,
     ConvNeXtFeatures,
@@ -18,11 +13,16 @@ from .models import (
     create_model,
     list_models,
 )
-from .recipes import RECIPES, TrainConfig, resolve_config
-from .roadmap import STEPS as ROADMAP_STEPS  # importing roadmap registers the roadmap_* models
-from .roadmap import RoadmapConfig, RoadmapNet
-from .segmentation import UperNet  # importing segmentation registers the upernet_* models
-from .training import train
+from .models.fuse import fuse
+from .models.layers import LayerNorm2d, Pointwise, as_linears
+from .models.roadmap import STEPS as ROADMAP_STEPS  # importing roadmap registers the roadmap_* models
+from .models.roadmap import RoadmapConfig, RoadmapNet
+from .tasks import detection  # noqa: F401 - registers the detectors (maskrcnn_convnext_*, fasterrcnn_convnext_*)
+from .tasks.classification.config import RECIPES, TrainConfig, resolve_config
+from .tasks.classification.evaluate import evaluate, evaluate_checkpoint
+from .tasks.classification.train import train
+from .tasks.loading import load_model
+from .tasks.segmentation import UperNet  # importing segmentation registers the upernet_* models
 from .weights import PRETRAINED, list_pretrained, load_checkpoint, save_weights
 
 __all__ = [

@@ -9,5 +9,5 @@
 ``validate``     one pass over the validation set (model and EMA)
 ``records``      what the run leaves to read: metrics.jsonl, summary.json, TensorBoard, curves.png
 
-``convnext.training.train`` puts them together for image classification.
+``convnext.tasks.classification.train.train`` puts them together for image classification.
 """

@@ -10,7 +10,7 @@ import warnings
 import torch
 from torch import nn
 
-from ..models import ConvNeXt, ConvNeXtIsotropic
+from ..models.convnext import ConvNeXt, ConvNeXtIsotropic
 
 
 def lr_at(step: int, base_lr: float, min_lr: float, total_steps: int, warmup_steps: int) -> float:

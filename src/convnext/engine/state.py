@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..augment import host_rng_state, set_host_rng_state
+from ..data.augment import host_rng_state, set_host_rng_state
 from .runtime import Runtime
 
 

@@ -1,0 +1,134 @@
+"""`convnext robustness`: the paper's Table 8 (ImageNet-C mCE, C-bar, A, R, Sketch) for any model and data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from ..tasks.loading import load_model
+from ..tasks.robustness import SEVERITIES, SUITES, evaluate_robustness, format_table, plot_severity, write_json
+from ..tasks.robustness.demo import DEMO_MODELS, demo_subjects
+from ..tasks.robustness.runner import Subject, identity_of
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    what = ("ImageNet-C mCE, C-bar, A, R and Sketch (the paper's Table 8) for any model; corruptions made on the "
+            "fly for any data set; --demo on the digits")
+    p = sub.add_parser("robustness", help=what, description=what)
+    p.add_argument("--checkpoint", metavar="CKPT", help="weights of any supported layout")
+    p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
+                   help="released weights of --model instead (the default tag when TAG is left out)")
+    p.add_argument("--model", help="model name (default: the one a `convnext train` checkpoint names)")
+    p.add_argument("--suite", default="c", help=f"comma-separated, from {','.join(SUITES)} (default c)")
+    p.add_argument("--data", action="append", default=[], metavar="SUITE=DIR",
+                   help="data folder of a suite (repeatable; a bare DIR serves the only suite). c: an ImageNet-C "
+                   "tree, or any clean folder of class sub-folders to corrupt on the fly; without one, c and "
+                   "clean use the held-out built-in digits")
+    p.add_argument("--baseline", metavar="CKPT", help="a second checkpoint: CE relative to it for every model")
+    p.add_argument("--baseline-model", metavar="M", help="the baseline's model name, when its file does not say")
+    p.add_argument("--corruptions", help="comma-separated subset of ImageNet-C corruptions (default: the 15 of "
+                   "mCE; speckle_noise, gaussian_blur, spatter, saturate may be added)")
+    p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated, 1-5 (default all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly corruptions (default 0)")
+    p.add_argument("--output", metavar="DIR", help="results folder, reused when rerun (default runs/robustness, "
+                   "runs/robustness-demo with --demo)")
+    p.add_argument("--restart", action="store_true", help="ignore results stored in the output folder")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.add_argument("--plot", metavar="FILE", help="error against severity per corruption (.png, .pdf, .svg)")
+    p.add_argument("--demo", action="store_true", help="train the digits demo's ConvNeXt and ResNet baseline "
+                   "(once), then corrupt the held-out digits")
+    p.set_defaults(func=run)
+
+
+def _subject(label: str, checkpoint: str | None, model: str | None, pretrained: bool | str = False) -> Subject:
+    if checkpoint is None and not pretrained and (model is None or "." not in model):
+        raise UserError("give --checkpoint CKPT, or --model with --pretrained [TAG] (or --demo)")
+    if model is None and checkpoint is None:
+        raise UserError("--pretrained needs --model")
+    module = load_model(model, checkpoint=checkpoint, pretrained=pretrained)  # a run checkpoint names its model
+    return Subject(label, module, identity_of(checkpoint, getattr(module, "model_name", model), pretrained))
+
+
+def _list(text: str | None, kind=str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise UserError(f"expected a comma-separated list of numbers, got {text!r}") from None
+
+
+def _suites(args: argparse.Namespace) -> dict[str, str | None]:
+    names = _list(args.suite)
+    unknown = [name for name in names if name not in SUITES]
+    if unknown or not names:
+        raise UserError(f"unknown suite {', '.join(unknown) or '(none)'}; choose from {', '.join(SUITES)}")
+    data: dict[str, str | None] = dict.fromkeys(names)
+    for item in args.data:
+        suite, sep, folder = item.partition("=")
+        if not sep and len(names) == 1:
+            suite, folder = names[0], item
+        elif not sep or suite not in names:
+            raise UserError(f"--data {item}: expected SUITE=DIR with SUITE among --suite {','.join(names)}")
+        data[suite] = folder
+    return data
+
+
+def run(args: argparse.Namespace) -> int:
+    from .main import _parse_device  # the CLI's one device parser (imported late: cli.py imports this module)
+
+    start = time.perf_counter()
+    if args.batch_size < 1 or args.workers < 0:
+        raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
+                        f"{args.workers}")
+    quiet = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
+    if args.demo and (args.checkpoint or args.pretrained or args.baseline or args.data):
+        raise UserError("--demo trains and scores its own two models on the digits: leave out the weights and --data")
+    if args.demo:
+        output = Path(args.output or "runs/robustness-demo")
+        quiet(f"demo: training {' and '.join(DEMO_MODELS)} on the digits (once; kept in {output})")
+        subjects = demo_subjects(output, log=lambda text: None)
+        suites: dict[str, str | None] = {"c": None}
+    else:
+        output = Path(args.output or "runs/robustness")
+        suites = _suites(args)
+        subjects = [_subject("model", args.checkpoint, args.model, args.pretrained)]
+        if args.plot and not {"c", "cbar"} & set(suites):
+            raise UserError("--plot draws error against severity: it needs suite c or cbar")
+        if args.baseline:
+            subjects.append(_subject("baseline", args.baseline, args.baseline_model))
+    report = evaluate_robustness(subjects[0], suites, baseline=subjects[1] if len(subjects) > 1 else None,
+                                 output=output / "results", corruptions=_list(args.corruptions),
+                                 severities=tuple(_list(args.severities, int) or SEVERITIES), seed=args.seed,
+                                 batch_size=args.batch_size, workers=args.workers, device=_parse_device(args.device),
+                                 restart=args.restart)
+    write_json(report, output / "robustness.json")
+    plot = args.plot or (output / "severity.png" if args.demo else None)
+    if plot:
+        plot_severity(report["summary"], plot, suite="c" if "c" in suites else "cbar")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_table(report["summary"]))
+        print(f"\nreport: {output / 'robustness.json'}" + (f"; plot: {plot}" if plot else ""))
+    return _demo_verdict(report, time.perf_counter() - start, quiet) if args.demo else 0
+
+
+def _demo_verdict(report: dict, seconds: float, say) -> int:
+    """The demo's check: for every model, the mean error rises from each severity to the next."""
+    ok = True
+    for label, suites in report["summary"].items():
+        curve = suites["c"]["error_by_severity"]
+        rising = all(b > a for a, b in zip(curve, curve[1:], strict=False))
+        ok &= rising
+        say(f"demo: {label} mean error by severity {' < '.join(f'{v:.1f}' for v in curve)}% "
+            f"({'rises' if rising else 'does NOT rise'})")
+    say(f"demo: {seconds:.0f}s in all")
+    return 0 if ok else 1

@@ -1,0 +1,263 @@
+"""Take a trained model out of Python: ONNX, TorchScript, ``torch.export`` programs and safetensors weights.
+
+Graph formats carry the inference-fused model by default (``model.fuse_for_inference()``); every export is
+written atomically and checked against the unfused PyTorch model on a batch of another size than the one it
+was traced with, which also proves the batch axis is really dynamic.
+
+ONNX uses opset 18 by default (17 at least): from opset 17 on, each LayerNorm is one ``LayerNormalization``
+node (``stash_type=1``: mean and variance in float32 even for float16 inputs; TensorRT builds it as an
+``INormalizationLayer``) instead of a ReduceMean/Sub/Pow/Sqrt/Div chain, whose squares overflow float16
+(max 65504) once activations stray ~256 from their mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.util
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..files import atomic_path
+from ..models.convnext import check_input
+from ..models.kernels import DECOMPOSITIONS
+from ..models.layers import as_plain_convs
+from ..tasks.loading import load_model
+from ..weights import data_config, save_weights
+
+FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
+ONNX_OPSET = 18
+MIN_ONNX_OPSET = 17  # the first opset with LayerNormalization
+TOLERANCE = 1e-4  # max abs difference of float32 logits accepted from an exported model
+CHECK_BATCH = 3  # checks run at another batch size than the export example (2): the batch axis is dynamic
+
+
+# Settings of a run that name folders of the machine it ran on: no business of a deployed file.
+MACHINE_PATHS = ("data", "val_data", "output", "finetune")
+
+
+class OnnxCheck(NamedTuple):
+    max_abs_diff: float
+    layer_norms: int  # LayerNormalization nodes in the graph
+    decomposed_norm_ops: int  # Pow and Sqrt nodes: what a decomposed LayerNorm would leave behind
+
+
+def example_input(model: nn.Module, batch: int = 2, res: int | None = None) -> torch.Tensor:
+    """A fixed random image batch at the model's input size (``res`` overrides it)."""
+    size = res or _config(model)["input_size"][-1]
+    generator = torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
+    x = torch.randn(batch, model.in_chans, size, size, generator=generator).to(device)
+    check_input(model, x)
+    return x
+
+
+def export_metadata(model: nn.Module) -> dict[str, str]:
+    """What a deployment needs besides the graph: which model, how many classes, how to preprocess (and
+    class names, when the weights carry them); for a model from a training run, that run's configuration."""
+    metadata = {
+        "model": getattr(model, "model_name", type(model).__name__),
+        "num_classes": str(model.num_classes),
+        "pretrained_cfg": json.dumps(_config(model)),
+    }
+    if getattr(model, "run_config", None):
+        portable = {k: v for k, v in model.run_config.items() if k not in MACHINE_PATHS}
+        metadata["run_config"] = json.dumps(portable)
+    return metadata
+
+
+def _config(model: nn.Module) -> dict:
+    return getattr(model, "pretrained_cfg", None) or data_config()
+
+
+def _batch_axis() -> tuple[dict[int, torch.export.Dim]]:
+    return ({0: torch.export.Dim("batch")},)
+
+
+def export_program(model: nn.Module, *, res: int | None = None) -> torch.export.ExportedProgram:
+    """The model as a ``torch.export`` program with a dynamic batch axis (for AOTInductor, ExecuTorch, ...),
+    in plain ATen ops: our custom op is decomposed, so loading the program does not need this package."""
+    program = torch.export.export(model.eval(), (example_input(model, 2, res),), dynamic_shapes=_batch_axis())
+    return program.run_decompositions(DECOMPOSITIONS)
+
+
+def _name_batch_axis(graph) -> None:
+    """Call the exported program's batch symbol (``s77`` or so) "batch" wherever the ONNX graph has it."""
+    symbol = str(graph.inputs[0].shape[0])
+    values = [*graph.inputs, *graph.outputs, *(v for node in graph.all_nodes() for v in node.outputs)]
+    for value in values:
+        if value.shape is not None and symbol in map(str, value.shape):
+            value.shape = type(value.shape)(["batch" if str(d) == symbol else d for d in value.shape])
+
+
+def save_program(model: nn.Module, path: str | os.PathLike, *, res: int | None = None) -> Path:
+    """``torch.export.save`` of :func:`export_program`, with :func:`export_metadata` as ``convnext.json``."""
+    if Path(path).suffix != ".pt2":
+        raise UserError(f"a torch.export archive must end in .pt2, got {path}")
+    program = export_program(model, res=res)
+    with atomic_path(path) as tmp, warnings.catch_warnings():
+        # torch's archive writer says this of weights that share storage; ours are on the CPU, which it needs
+        warnings.filterwarnings("ignore", "No complete tensor found in the group", UserWarning)
+        torch.export.save(program, tmp, extra_files={"convnext.json": json.dumps(export_metadata(model))})
+    return Path(path)
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, *, res: int | None = None,
+                opset: int = ONNX_OPSET) -> Path:
+    """ONNX with native LayerNormalization, a dynamic ``batch`` axis, input ``images`` and output ``logits``;
+    :func:`export_metadata` goes into the model's metadata_props. One file (our largest model is < 2 GB)."""
+    _require("ONNX export", "onnx", "onnxscript")
+    if opset < MIN_ONNX_OPSET:
+        raise UserError(f"opset {opset} has no LayerNormalization op; use {MIN_ONNX_OPSET} or later")
+    with warnings.catch_warnings(), _quiet("torch.onnx"):
+        warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations, not ours
+        program = torch.onnx.export(export_program(model, res=res), dynamo=True, opset_version=opset,
+                                    input_names=["images"], output_names=["logits"], verbose=False)
+    for node in program.model.graph.all_nodes():
+        node.metadata_props.clear()  # the exporter's debug notes: stack traces with this machine's paths
+    _name_batch_axis(program.model.graph)
+    program.model.metadata_props.update(export_metadata(model))
+    with atomic_path(path) as tmp:
+        program.save(tmp, external_data=False)
+    return Path(path)
+
+
+def _require(purpose: str, *modules: str) -> None:
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"{purpose} needs {' and '.join(missing)}: pip install 'convnext[export]'")
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Hide a library's info/warning log lines (e.g. "torchvision is not installed") for a while."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def check_onnx(path: str | os.PathLike, reference: nn.Module, *, batch: int = CHECK_BATCH,
+               res: int | None = None) -> OnnxCheck:
+    """Run the file in onnxruntime against ``reference`` and look at how its LayerNorms were exported."""
+    _require("checking an ONNX export", "onnx", "onnxruntime")
+    import onnx
+    import onnxruntime
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = [node.op_type for node in graph.node]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = example_input(reference, batch, res)
+    (logits,) = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})
+    diff = _max_abs_diff(torch.from_numpy(logits), reference, x)
+    return OnnxCheck(diff, ops.count("LayerNormalization"), sum(op in ("Pow", "Sqrt") for op in ops))
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, *, res: int | None = None,
+                       script: bool = False) -> Path:
+    """A TorchScript archive, traced (default) or scripted, with :func:`export_metadata` as
+    ``convnext.json``. PyTorch has deprecated TorchScript; prefer ONNX or ``torch.export`` (pt2)."""
+    model = as_plain_convs(copy.deepcopy(model).eval())  # the caller's model keeps its own layers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the user asked for TorchScript by name
+        if script:
+            try:
+                module = torch.jit.script(model)
+            except Exception as err:  # noqa: BLE001 - the compiler raises many types
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise UserError(f"TorchScript cannot compile this model ({first}); the traced form runs "
+                                "the same graph: leave out --script") from None
+        else:
+            # Shape checks in forward become constants in a trace; we verify at another batch size instead.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            module = torch.jit.trace(model, example_input(model, 2, res), check_trace=False)
+        with atomic_path(path) as tmp:
+            torch.jit.save(module, str(tmp), _extra_files={"convnext.json": json.dumps(export_metadata(model))})
+    return Path(path)
+
+
+def load_torchscript(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
+    """``torch.jit.load`` without PyTorch's TorchScript deprecation warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location=device)
+
+
+def check_module(loaded: nn.Module, reference: nn.Module, *, batch: int = CHECK_BATCH,
+                 res: int | None = None) -> float:
+    """Max abs difference between a reloaded export (TorchScript or ``torch.export``) and ``reference``."""
+    x = example_input(reference, batch, res)
+    with torch.inference_mode():
+        return _max_abs_diff(loaded(x), reference, x)
+
+
+def _max_abs_diff(logits: torch.Tensor, reference: nn.Module, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        expected = reference.eval()(x)
+    if logits.shape != expected.shape:
+        raise UserError(f"exported model returned shape {tuple(logits.shape)}, expected {tuple(expected.shape)}")
+    return (logits.float().cpu() - expected.float().cpu()).abs().max().item()
+
+
+def export_safetensors(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Our weights (official key names, never fused) with :func:`export_metadata`, which ``convnext predict
+    --checkpoint`` reads back (class count and preprocessing)."""
+    return save_weights(model, path, export_metadata(model))
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: int | None = None,
+                 opset: int = ONNX_OPSET, script: bool = False, fuse: bool = True) -> dict:
+    """Write ``model`` as ``fmt``, load the file back, run it on a ``CHECK_BATCH`` batch and compare it with
+    ``model`` itself.
+
+    Graph formats export ``model.fuse_for_inference()`` unless ``fuse=False`` (LayerNorm affine and layer
+    scale folded into the pointwise weights: fewer nodes, same logits); safetensors always holds the
+    unfused weights under the official names. Returns a report: the file, its size, the max abs difference
+    of the logits (``passed`` when it is within ``TOLERANCE``) and, for ONNX, the LayerNorm node counts.
+    """
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if not Path(path).parent.is_dir():
+        raise UserError(f"output folder does not exist: {Path(path).parent}")
+    if Path(path).is_dir():
+        raise UserError(f"--out {path} is a folder; name the file to write, e.g. {Path(path) / ('model.' + fmt)}")
+    if res is not None and res < 32:
+        raise UserError(f"--res must be at least 32 (the networks downsample 32x), got {res}")
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        model(example_input(model, 1, res))  # a size the model cannot take fails here, in its own words
+    fuse = fuse and fmt != "safetensors"
+    exported = model.fuse_for_inference() if fuse else model
+    report: dict = {"model": getattr(model, "model_name", type(model).__name__), "format": fmt,
+                    "path": str(path), "res": res or _config(model)["input_size"][-1], "fused": fuse}
+    if fmt == "onnx":
+        _require("ONNX export", "onnx", "onnxscript", "onnxruntime")  # before any work, not after it
+        export_onnx(exported, path, res=res, opset=opset)
+        check = check_onnx(path, model, res=res)
+        diff = check.max_abs_diff
+        report.update(opset=opset, layer_norm_nodes=check.layer_norms, decomposed_norm_ops=check.decomposed_norm_ops)
+    elif fmt == "torchscript":
+        export_torchscript(exported, path, res=res, script=script)
+        diff = check_module(load_torchscript(path, device), model, res=res)
+        report["torchscript"] = "scripted" if script else "traced"
+    elif fmt == "pt2":
+        save_program(exported, path, res=res)
+        diff = check_module(torch.export.load(path).module(), model, res=res)
+    else:
+        export_safetensors(model, path)
+        diff = check_module(load_model(report["model"], checkpoint=path).to(device), model, res=res)
+    report.update(bytes=Path(path).stat().st_size, max_abs_diff=diff, check_batch=CHECK_BATCH, passed=diff <= TOLERANCE)
+    return report

@@ -1,0 +1,194 @@
+"""Post-training static INT8 quantization for CPUs: OpenVINO's runtime, calibrated with NNCF.
+
+The model leaves PyTorch through our ONNX export (inference-fused, plain ATen ops), OpenVINO reads that
+graph, and NNCF inserts quantize/dequantize pairs whose ranges it measures on calibration images. NNCF's
+"transformer" model type keeps every normalisation in float (ConvNeXt's LayerNorms re-centre each pixel's
+channels, which an 8-bit grid around the old mean would distort), and the classifier head stays float
+by default, as the paper's fine-tuning results depend on its small logit margins. README's INT8 section
+says why this toolchain and not PT2E/Inductor or ONNX Runtime's QDQ, with the measurements.
+
+The artefact is OpenVINO IR: ``FILE.xml`` (the graph, with the model's name, class names and
+preprocessing in its ``rt_info``) and ``FILE.bin`` (the weights), written atomically, ``.bin`` first.
+`QuantizedModel` runs it like one of our models (images in, logits out), so ``predict``, ``evaluate`` and
+``benchmark`` take it through ``load_model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.images import eval_transform, load_image
+from ..errors import UserError
+from ..files import atomic_path
+from ..tasks.classification.predict import find_images
+
+BACKENDS = ("openvino",)
+DEFAULT_SAMPLES = 300
+SUFFIX = ".xml"
+_RT_KEY = "convnext"  # our entries in the IR's rt_info
+
+
+def require_backend(backend: str) -> None:
+    """One line, before any work, when ``backend`` is unknown or its packages are missing."""
+    if backend not in BACKENDS:
+        raise UserError(f"unsupported quantization backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    missing = [m for m in ("openvino", "nncf", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"INT8 quantization needs {' and '.join(missing)}: pip install 'convnext[int8]'")
+
+
+def calibration_images(folder: str | os.PathLike, config: dict, *, samples: int = DEFAULT_SAMPLES
+                       ) -> tuple[torch.Tensor, list[str]]:
+    """Up to ``samples`` images of ``folder`` (searched recursively, spread evenly over its sorted files),
+    preprocessed as for evaluation; returns them as one tensor, and the files that could not be read."""
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, got {samples}")
+    if not Path(folder).is_dir():
+        raise UserError(f"calibration folder not found: {folder}")
+    files = find_images([folder])
+    picked = [files[i * len(files) // min(samples, len(files))] for i in range(min(samples, len(files)))]
+    transform = eval_transform(config)
+    images, skipped = [], []
+    for path in picked:
+        try:
+            images.append(transform(load_image(path)))
+        except UserError as err:
+            skipped.append(str(err))
+    if not images:
+        raise UserError(f"none of the {len(picked)} images in {folder} could be read")
+    return torch.stack(images), skipped
+
+
+class QuantizedModel(nn.Module):
+    """An INT8 OpenVINO model called like ours: float images in, float logits out (on the CPU)."""
+
+    def __init__(self, ov_model, metadata: dict[str, str]):
+        super().__init__()
+        self.ov_model = ov_model
+        self.model_name = metadata["model"]
+        self.num_classes = int(metadata["num_classes"])
+        self.pretrained_cfg = json.loads(metadata["pretrained_cfg"])
+        self._compiled = None
+        self._threads = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            raise UserError("an INT8 OpenVINO model runs on the CPU; leave out --device")
+        threads = torch.get_num_threads()
+        if self._compiled is None or self._threads != threads:  # compiled for the thread count in force
+            import openvino
+
+            self._compiled = openvino.Core().compile_model(self.ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads})
+            self._threads = threads
+        return torch.from_numpy(self._compiled(x.detach().float().contiguous().numpy())[0])
+
+    def fuse_for_inference(self) -> QuantizedModel:
+        return self  # already folded by the export
+
+
+def _ignored_head(ov_model) -> list[str]:
+    """Names of the MatMul (or Gemm) nodes that read the pooled features: the classifier head."""
+    return [op.get_friendly_name() for op in ov_model.get_ordered_ops()
+            if op.get_type_name() == "MatMul" and len(op.get_output_partial_shape(0)) == 2]
+
+
+def quantize(model: nn.Module, calibration: torch.Tensor, *, backend: str = "openvino",
+             keep_head_float: bool = True, batch_size: int = 16) -> QuantizedModel:
+    """INT8 ``model`` (a float model with ``pretrained_cfg``) calibrated on ``calibration`` images."""
+    require_backend(backend)
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime", as NNCF loads
+    import nncf
+    import openvino
+
+    from .export import export_metadata, export_onnx
+
+    model = model.eval()
+    res = calibration.shape[-1]
+    with tempfile.TemporaryDirectory(prefix="convnext-int8-") as tmp:
+        onnx_path = export_onnx(model.fuse_for_inference(), Path(tmp) / "model.onnx", res=res)
+        ov_model = openvino.convert_model(onnx_path)
+    batches = [b.numpy() for b in calibration.split(batch_size)]
+    ignored = nncf.IgnoredScope(names=_ignored_head(ov_model)) if keep_head_float else None
+    logging.getLogger("nncf").setLevel(logging.ERROR)
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: on stderr, like ours
+        quantized = nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(calibration),
+                                  model_type=nncf.ModelType.TRANSFORMER, ignored_scope=ignored)
+    metadata = export_metadata(model) | {"quantization": json.dumps(dict(
+        backend=backend, tool=f"nncf {nncf.__version__}", calibration_images=len(calibration),
+        head="float" if keep_head_float else "int8"))}
+    for key, value in metadata.items():
+        quantized.set_rt_info(value, [_RT_KEY, key])
+    return QuantizedModel(quantized, metadata)
+
+
+def save_quantized(model: QuantizedModel, path: str | os.PathLike) -> Path:
+    """Write ``FILE.xml`` + ``FILE.bin`` atomically: the weights land before the graph that names them."""
+    import openvino
+
+    path = Path(path)
+    if path.suffix != SUFFIX:
+        raise UserError(f"an OpenVINO INT8 model is written as FILE{SUFFIX} (+ FILE.bin), got {path}")
+    if not path.parent.is_dir():
+        raise UserError(f"output folder does not exist: {path.parent}")
+    with tempfile.TemporaryDirectory(prefix=f".{path.stem}-", dir=path.parent) as tmp:
+        openvino.save_model(model.ov_model, Path(tmp) / "model.xml", compress_to_fp16=False)
+        with atomic_path(path.with_suffix(".bin")) as bin_tmp:
+            os.replace(Path(tmp) / "model.bin", bin_tmp)
+        with atomic_path(path) as xml_tmp:
+            os.replace(Path(tmp) / "model.xml", xml_tmp)
+    return path
+
+
+def load_quantized(path: str | os.PathLike) -> QuantizedModel:
+    """A `QuantizedModel` from the ``.xml`` that `save_quantized` wrote (its ``.bin`` beside it)."""
+    require_backend("openvino")
+    import openvino
+
+    path = Path(path)
+    if not path.is_file() or not path.with_suffix(".bin").is_file():
+        raise UserError(f"{path} needs both {path.name} and {path.with_suffix('.bin').name}")
+    try:
+        ov_model = openvino.Core().read_model(path)
+    except RuntimeError as err:
+        raise UserError(f"{path} is not an OpenVINO model: {str(err).strip().splitlines()[0]}") from None
+    info = ov_model.get_rt_info()
+    if _RT_KEY not in info:
+        raise UserError(f"{path} was not written by `convnext quantize` (no model name or preprocessing in it)")
+    return QuantizedModel(ov_model, {k: str(v.value) for k, v in info[_RT_KEY].items()})
+
+
+@torch.inference_mode()
+def compare(reference: nn.Module, quantized: nn.Module, images: torch.Tensor, batch_size: int = 32) -> dict:
+    """How far the INT8 logits stray from the float model's on ``images``: max abs difference, the float
+    logits' range for scale, and the share of images whose top-1 class is unchanged (percent)."""
+    reference = reference.eval()
+    diff, span, same = 0.0, 0.0, 0
+    for batch in images.split(batch_size):
+        ref, out = reference(batch).float(), quantized(batch).float()
+        diff = max(diff, (ref - out).abs().max().item())
+        span = max(span, ref.abs().max().item())
+        same += (ref.argmax(1) == out.argmax(1)).sum().item()
+    return dict(max_logit_diff=diff, max_abs_logit=span, top1_agreement=100 * same / len(images),
+                count=len(images))
+
+
+def report_lines(agreement: dict, accuracy: Sequence[tuple[str, dict]] | None = None) -> Iterable[str]:
+    """The human-readable summary `convnext quantize` prints."""
+    yield (f"calibration images: top-1 agreement {agreement['top1_agreement']:.2f}% of {agreement['count']}, "
+           f"max |logit difference| {agreement['max_logit_diff']:.4f} (float logits up to "
+           f"{agreement['max_abs_logit']:.2f})")
+    if accuracy:
+        (_, fp32), (_, int8) = accuracy
+        yield (f"validation ({fp32['count']} images): float32 top-1 {fp32['top1']:.2f}%, INT8 top-1 "
+               f"{int8['top1']:.2f}%, drop {fp32['top1'] - int8['top1']:.2f} points")

@@ -1,0 +1,2 @@
+"""The tasks trained and evaluated through ``convnext.engine``: classification, segmentation, detection, and
+the robustness benchmarks."""

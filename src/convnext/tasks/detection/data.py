@@ -1,0 +1,259 @@
+"""COCO-format data: a folder with ``images/`` and one ``instances_*.json``, read through pycocotools.
+
+What COCO's own tools do, this reader does: crowd regions (``iscrowd=1``) are no training targets (COCOeval
+treats them as regions where detections are neither right nor wrong), and images without annotations are
+left out of training but kept for evaluation. What would crash a run later is settled up front instead, each
+kind in one line of the report: boxes reaching outside their image are clipped to it, boxes of no area
+(after clipping) are dropped, annotations of categories or images the json does not list are dropped, and
+images whose files are missing are left out. A json that cannot be read, or lacks the COCO structure, is one
+`UserError` line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ...data.images import first_readable, load_image, to_tensor
+from ...errors import UserError
+
+IMAGE_DIR = "images"
+
+
+@dataclass
+class Cleaning:
+    """What reading a json changed, kind by kind, for the run's report."""
+
+    clipped: int = 0
+    zero_area: int = 0
+    unknown_category: dict[int, int] = field(default_factory=dict)  # category id -> annotations dropped
+    unknown_image: int = 0
+    missing_files: list[str] = field(default_factory=list)
+    no_segmentation: int = 0
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.clipped:
+            out.append(f"{self.clipped} boxes reached outside their image: clipped to it")
+        if self.zero_area:
+            out.append(f"{self.zero_area} boxes of no area (or no box at all): dropped")
+        if self.unknown_category:
+            ids = ", ".join(f"{k} ({v}x)" for k, v in sorted(self.unknown_category.items())[:6])
+            out.append(f"{sum(self.unknown_category.values())} annotations of categories the json does not "
+                       f"list: dropped (ids {ids})")
+        if self.unknown_image:
+            out.append(f"{self.unknown_image} annotations of images the json does not list: dropped")
+        if self.missing_files:
+            shown = ", ".join(self.missing_files[:3]) + (", ..." if len(self.missing_files) > 3 else "")
+            out.append(f"{len(self.missing_files)} image files missing: left out ({shown})")
+        if self.no_segmentation:
+            out.append(f"{self.no_segmentation} annotations without a segmentation: their box is their mask")
+        return out
+
+
+def find_coco(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The json and the image folder of a COCO-format data set: ``DIR`` (with ``DIR/images`` and one
+    ``DIR/instances_*.json`` or ``DIR/annotations/instances_*.json``), or the json itself (its images in
+    ``images/`` beside it)."""
+    path = Path(path)
+    if path.is_file():
+        images = path.parent / IMAGE_DIR
+        return path, images if images.is_dir() else path.parent
+    if not path.is_dir():
+        raise UserError(f"no such data set: {path}")
+    found = sorted(path.glob("instances_*.json")) or sorted(path.glob("annotations/instances_*.json"))
+    if len(found) != 1:
+        what = "no instances_*.json" if not found else f"{len(found)} json files ({', '.join(f.name for f in found)})"
+        raise UserError(f"{path} holds {what}: expected one, or name the json file itself")
+    images = path / IMAGE_DIR
+    if not images.is_dir():
+        raise UserError(f"{path} has no {IMAGE_DIR}/ folder beside {found[0].name}")
+    return found[0], images
+
+
+def read_json(path: Path) -> dict:
+    """The json as a COCO dict with its three lists, or one line saying what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid json: {err.msg} at line {err.lineno}, column {err.colno}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f"{path} is not a COCO annotation file: no 'images' list")
+    if not isinstance(data.get("categories"), list) or not data["categories"]:
+        raise UserError(f"{path} lists no 'categories'")
+    data.setdefault("annotations", [])
+    for kind, keys in (("images", ("id", "file_name", "width", "height")), ("categories", ("id", "name")),
+                       ("annotations", ("id", "image_id", "category_id"))):
+        for i, item in enumerate(data[kind]):
+            lacking = [k for k in keys if not isinstance(item, dict) or k not in item]
+            if lacking:
+                raise UserError(f"{path}: {kind}[{i}] has no {', '.join(lacking)}")
+    return data
+
+
+def _clip_box(ann: dict, width: int, height: int, report: Cleaning) -> list[float] | None:
+    """The annotation's ``[x, y, w, h]`` clipped to the image, or None when nothing of it is left."""
+    box = ann.get("bbox")
+    if not (isinstance(box, list | tuple) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
+        return None
+    x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
+    cx0, cy0 = min(max(x0, 0), width), min(max(y0, 0), height)
+    cx1, cy1 = min(max(x1, 0), width), min(max(y1, 0), height)
+    if (cx0, cy0, cx1, cy1) != (x0, y0, x1, y1) and cx1 > cx0 and cy1 > cy0:
+        report.clipped += 1
+    if cx1 - cx0 < 1e-3 or cy1 - cy0 < 1e-3:
+        return None
+    return [cx0, cy0, cx1 - cx0, cy1 - cy0]
+
+
+def clean(data: dict, images_dir: Path) -> tuple[dict, Cleaning]:
+    """The json with every annotation usable and every listed image present (see the module's doc)."""
+    report = Cleaning()
+    images = []
+    for img in data["images"]:
+        if (images_dir / img["file_name"]).is_file():
+            images.append(img)
+        else:
+            report.missing_files.append(str(img["file_name"]))
+    sizes = {img["id"]: (img["width"], img["height"]) for img in images}
+    listed = {img["id"] for img in data["images"]}
+    categories = {c["id"] for c in data["categories"]}
+    annotations = []
+    for ann in data["annotations"]:
+        if ann["category_id"] not in categories:
+            report.unknown_category[ann["category_id"]] = report.unknown_category.get(ann["category_id"], 0) + 1
+            continue
+        if ann["image_id"] not in listed:
+            report.unknown_image += 1
+            continue
+        if ann["image_id"] not in sizes:  # its image file is missing: reported with the image
+            continue
+        box = _clip_box(ann, *sizes[ann["image_id"]], report)
+        if box is None:
+            report.zero_area += 1
+            continue
+        ann = {**ann, "bbox": box, "iscrowd": int(ann.get("iscrowd", 0))}
+        if not ann.get("segmentation"):
+            report.no_segmentation += 1
+            x, y, w, h = box
+            ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+        ann.setdefault("area", box[2] * box[3])
+        annotations.append(ann)
+    if not images:
+        raise UserError(f"none of the {len(data['images'])} images the json lists is in {images_dir}")
+    return {**data, "images": images, "annotations": annotations}, report
+
+
+def coco_api(data: dict):
+    """A ``pycocotools.coco.COCO`` over an in-memory dict (its index messages kept off the terminal)."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class CocoData:
+    """A COCO-format data set, cleaned: ``ids`` lists the images used (without the annotation-less ones when
+    ``train``), category ids map to labels 1..K (0 is the background)."""
+
+    def __init__(self, path: str | os.PathLike, *, train: bool):
+        self.json_path, self.images_dir = find_coco(path)
+        data, self.report = clean(read_json(self.json_path), self.images_dir)
+        self.coco = coco_api(data)
+        self.cat_ids = sorted(self.coco.getCatIds())
+        self.label_of = {cat: i + 1 for i, cat in enumerate(self.cat_ids)}
+        self.classes = [self.coco.cats[c]["name"] for c in self.cat_ids]
+        ids = sorted(self.coco.getImgIds())
+        self.empty = 0
+        if train:
+            usable = [i for i in ids if any(not a["iscrowd"] for a in self.coco.imgToAnns[i])]
+            self.empty = len(ids) - len(usable)
+            ids = usable
+            if not ids:
+                raise UserError(f"{self.json_path}: no image has an annotation to train on")
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def describe(self, index: int) -> str:
+        return str(self.images_dir / self.coco.imgs[self.ids[index]]["file_name"])
+
+    def notes(self) -> list[str]:
+        lines = [f"{self.json_path.name}: {line}" for line in self.report.lines()]
+        if self.empty:
+            lines.append(f"{self.json_path.name}: {self.empty} images without annotations: not trained on "
+                         "(kept for evaluation)")
+        return lines
+
+    def load(self, index: int) -> tuple[Image.Image, dict]:
+        """The image and its targets: ``boxes`` (x0, y0, x1, y1), ``labels``, ``masks`` (N, H, W) uint8,
+        crowd regions left out. Raises `UserError` for an unreadable image or one of another size."""
+        info = self.coco.imgs[self.ids[index]]
+        img = load_image(self.images_dir / info["file_name"])
+        if img.size != (info["width"], info["height"]):
+            raise UserError(f"{self.describe(index)} is {img.width}x{img.height}, the json says "
+                            f"{info['width']}x{info['height']}")
+        anns = [a for a in self.coco.imgToAnns[info["id"]] if not a["iscrowd"]]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                              for a in anns], dtype=torch.float32).reshape(-1, 4)
+        with warnings.catch_warnings():  # pycocotools' decoder warns about NumPy 2's copy keyword
+            warnings.simplefilter("ignore", DeprecationWarning)
+            masks = np.stack([self.coco.annToMask(a) for a in anns]) if anns else np.zeros((0, img.height, img.width))
+        return img, dict(boxes=boxes, labels=torch.tensor([self.label_of[a["category_id"]] for a in anns],
+                                                          dtype=torch.int64),
+                         masks=torch.from_numpy(masks.astype(np.uint8)), image_id=info["id"])
+
+
+def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+    """Mirror an image and its boxes and masks left to right."""
+    width = image.shape[-1]
+    boxes = target["boxes"].clone()
+    boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+    return image.flip(-1), {**target, "boxes": boxes, "masks": target["masks"].flip(-1)}
+
+
+class DetectionItems(torch.utils.data.Dataset):
+    """Images and targets for a DataLoader: ``train`` items are ``(index, epoch)`` (from ``EpochSampler``)
+    and flipped with probability ``flip`` by a generator seeded from ``(seed, epoch, index)``, so a resumed
+    run sees the same flips. An unreadable image is replaced by the next readable one and its index
+    returned for the report (else -1)."""
+
+    def __init__(self, source: CocoData, *, train: bool, flip: float = 0.5, seed: int = 0):
+        self.source, self.train, self.flip, self.seed = source, train, flip, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, item) -> tuple[torch.Tensor, dict, int]:
+        index, epoch = item if self.train else (item, 0)
+        if not self.train:  # evaluation never swaps images: an unreadable one is left out, and reported
+            try:
+                img, target = self.source.load(index)
+            except UserError:
+                return torch.zeros(3, 32, 32), dict(image_id=self.source.ids[index]), index
+            return to_tensor(img), target, -1
+        (img, target), bad = first_readable(self.source, index)
+        image = to_tensor(img)
+        if np.random.default_rng((self.seed, epoch, index)).random() < self.flip:
+            image, target = hflip(image, target)
+        return image, target, bad
+
+
+def collate(batch: list) -> tuple[list, list, list]:
+    """Detection batches stay lists: images differ in size (the model resizes and pads them)."""
+    return tuple(list(column) for column in zip(*batch, strict=True))

@@ -1,0 +1,65 @@
+"""Detections on image files: drawn (boxes, labels, scores, masks) and as COCO result records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from ...data.images import load_image, to_tensor
+from ...errors import UserError
+from ...files import atomic_write
+from .evaluate import to_results
+
+PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
+           "#469990"]
+
+
+@torch.no_grad()
+def detect(model: nn.Module, image: torch.Tensor, score: float = 0.5) -> dict:
+    """The detections of one float CHW image with a score of at least ``score``."""
+    model.eval()
+    output = model([image.to(next(model.parameters()).device)])[0]
+    keep = output["scores"] >= score
+    return {k: v[keep].cpu() for k, v in output.items()}
+
+
+def draw(image: torch.Tensor, output: dict, classes: list[str]) -> torch.Tensor:
+    """``image`` (float CHW in [0, 1]) with masks filled in, boxes drawn, and "label score" above each box."""
+    picture = (image.clamp(0, 1) * 255).to(torch.uint8)
+    colours = [PALETTE[(int(label) - 1) % len(PALETTE)] for label in output["labels"]]
+    if "masks" in output and len(output["masks"]):
+        picture = draw_segmentation_masks(picture, output["masks"][:, 0] > 0.5, alpha=0.45, colors=colours)
+    if len(output["boxes"]):
+        labels = [f"{classes[int(label) - 1]} {float(s):.2f}" for label, s in zip(output["labels"], output["scores"],
+                                                                                   strict=True)]
+        width = max(1, round(min(picture.shape[-2:]) / 160))
+        picture = draw_bounding_boxes(picture, output["boxes"], labels=labels, colors=colours, width=width)
+    return picture
+
+
+def predict_files(model: nn.Module, files: list[Path], classes: list[str], cat_ids: list[int], *,
+                  out_dir: Path | None, score: float = 0.5, image_ids: dict[str, int] | None = None
+                  ) -> tuple[list[dict], list[str]]:
+    """Detect on every file; with ``out_dir`` write ``<stem>.pred.png`` there. Returns COCO result records,
+    ``image_id`` from ``image_ids`` (file name -> the json's id) or the file's position from 1, and one line
+    for each file that could not be read (skipped)."""
+    from PIL import Image
+
+    records, errors = [], []
+    for position, path in enumerate(files, start=1):
+        try:
+            image = to_tensor(load_image(path))
+        except UserError as err:
+            errors.append(str(err))
+            continue
+        output = detect(model, image, score)
+        image_id = (image_ids or {}).get(path.name, position)
+        records += to_results(output, image_id, cat_ids)
+        if out_dir is not None:
+            picture = draw(image, output, classes).permute(1, 2, 0).numpy()
+            atomic_write(out_dir / f"{path.stem}.pred.png", lambda tmp, p=picture: Image.fromarray(p).save(tmp,
+                                                                                                       format="PNG"))
+    return records, errors

@@ -1,0 +1,102 @@
+import json
+import subprocess
+import sys
+
+from convnext.cli import main
+
+
+def test_models_lists_registry(capsys):
+    assert main(["models", "convnext_t*"]) == 0
+    out = capsys.readouterr().out
+    assert "convnext_tiny" in out and "28.59M" in out and "in22k_ft_in1k_384" in out
+
+
+def test_info_json(capsys):
+    assert main(["info", "convnext_tiny", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == 28_589_128 and round(info["gmacs"], 2) == 4.46
+    assert round(info["activations_m"], 1) == 13.4
+    tags = {w["tag"]: w for w in info["pretrained"]}
+    assert tags["in1k"]["top1"] == 82.1 and tags["in22k_ft_in1k_384"]["crop_pct"] == 1.0
+
+
+def test_info_text_at_384(capsys):
+    assert main(["info", "convnext_base", "--res", "384"]) == 0
+    out = capsys.readouterr().out
+    assert "88,591,464" in out and "45.12" in out
+
+
+def test_user_error_is_one_line_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "convnext", "info", "convnext_huge"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown model 'convnext_huge'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_fits_the_recipe_unless_one_is_named(monkeypatch, tmp_path):
+    import convnext.cli.root as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "train", lambda config, resume: seen.append(config))
+    common = ["train", "--data", str(tmp_path), "--epochs", "15", "--set", "ema=true", "mixup=0.5"]
+    assert main(common) == 0 and main([*common, "--recipe", "in1k"]) == 0
+    fitted, named = seen
+    assert fitted.fit_to_run and fitted.recipe == "in1k" and not named.fit_to_run
+    assert (fitted.ema, fitted.mixup) == (True, 0.5)  # several settings after one --set
+    assert {"ema", "mixup", "epochs", "data"} <= set(fitted.given)
+
+def _atto_weights(folder):
+    import torch
+
+    from convnext.models import build_model
+    from convnext.weights import save_weights
+
+    torch.manual_seed(0)
+    return save_weights(build_model("convnext_atto", num_classes=3), folder / "atto.safetensors")
+
+
+def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
+    import pytest
+    from PIL import Image
+
+    weights = _atto_weights(tmp_path)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (40, 40)).save(tmp_path / "photo.png")
+    cases = [
+        (["train", "--lr", "-1"], "lr=-1.0: must be above 0"),
+        (["train", "--lr", "nan"], "lr=nan: must be above 0"),
+        (["train", "--workers", "-1"], "workers=-1"),
+        (["train", "--set", "epochs=true"], "epochs=True: expected a whole number"),
+        (["train", "--set", "clip_grad=-1"], "clip_grad=-1.0: must be above 0"),
+        (["train", "--finetune", str(empty), "--output", str(tmp_path / "ft")], "empty"),
+        (["evaluate", "--checkpoint", str(empty)], "the file is empty"),
+        (["evaluate", "--checkpoint", str(weights), "--model", "convnext_atto", "--batch-size", "0"],
+         "--batch-size must be at least 1"),
+        (["predict", "--checkpoint", str(empty), str(tmp_path / "photo.png")], "the file is empty"),
+        (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "safetensors", "--out",
+          str(tmp_path / "img")], "is a folder"),
+        (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "safetensors", "--out",
+          str(tmp_path / "x.safetensors"), "--res", "0"], "--res must be at least 32"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == []  # no temporary file left behind
+    with pytest.raises(SystemExit):
+        main(["predict"])
+
+
+def test_a_terminal_without_unicode_gets_escapes_not_a_crash(tmp_path):
+    from PIL import Image
+
+    weights = _atto_weights(tmp_path)
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "café_☕.png")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("LANG", "LC_ALL")}
+    env.update(PYTHONIOENCODING="ascii", LC_ALL="C")
+    proc = subprocess.run([sys.executable, "-m", "convnext", "predict", str(tmp_path), "--checkpoint", str(weights),
+                           "--model", "convnext_atto", "--device", "cpu"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "caf\\xe9_\\u2615.png" in proc.stdout

@@ -1,0 +1,82 @@
+"""Training a detector on a tiny COCO-format set: the loss falls, COCOeval scores it, the run resumes, and the
+CLI evaluates and predicts from its checkpoint."""
+
+import json
+
+import pytest
+
+from convnext.cli import main
+from convnext.tasks.detection.config import fit_to_run, lr_factor, resolve_detect_config
+from convnext.tasks.detection.data import CocoData
+from convnext.tasks.detection.demo import make_demo_set
+from convnext.tasks.detection.evaluate import METRICS, evaluate_detector
+from convnext.tasks.detection.train import load_detector, train_detector
+
+MODEL_ARGS = dict(dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], fpn_channels=16, head_width=64, rois_per_image=32,
+                  proposals=100)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("detect")
+    data = make_demo_set(root / "train", "train", 8, size=64, seed=2)
+    config = resolve_detect_config("demo", model_args=MODEL_ARGS, data=str(data), val_data=str(data),
+                                   output=str(root / "run"), epochs=6, lr_steps=(5,), warmup_iters=2, batch_size=2,
+                                   lr=2e-3, min_sizes=(64,), test_size=64, max_size=128)
+    lines = []
+    summary = train_detector(config, log=lines.append)
+    return dict(root=root, data=data, config=config, summary=summary, lines=lines)
+
+
+def test_the_loss_falls_and_every_epoch_is_recorded(run):
+    rows = [json.loads(line) for line in (run["root"] / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == list(range(1, 7))
+    assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"], [row["train_loss"] for row in rows]
+    assert {"loss_classifier", "loss_mask", "loss_objectness", "box_ap", "mask_ap"} <= set(rows[-1])
+    for name in ("last.pt", "best.pt", "summary.json", "curves.png", "config.json"):
+        assert (run["root"] / "run" / name).is_file()
+    assert any("backbone initialised at random" in line for line in run["lines"])
+
+
+def test_evaluation_returns_the_coco_metrics(run):
+    model, classes, cat_ids = load_detector(run["root"] / "run" / "last.pt")
+    data = CocoData(run["data"], train=False)
+    metrics = evaluate_detector(model, data)
+    assert set(metrics["bbox"]) == set(METRICS) and set(metrics["segm"]) == set(METRICS)
+    assert metrics["images"] == len(data) and classes == ["0", "1", "4"] and cat_ids == [0, 1, 4]
+    assert all(v is None or 0 <= v <= 100 for v in metrics["bbox"].values())
+
+
+def test_a_rerun_resumes_the_finished_run(run):
+    lines = []
+    summary = train_detector(run["config"], log=lines.append)
+    assert any("already holds a finished 6-epoch run" in line for line in lines)
+    assert summary["final"] == run["summary"]["final"]
+
+
+def test_cli_evaluate_and_predict(run, tmp_path, capsys):
+    ckpt = str(run["root"] / "run" / "last.pt")
+    assert main(["detect", "evaluate", "--checkpoint", ckpt, "--data", str(run["data"]), "--json"]) == 0
+    assert "AP50" in json.loads(capsys.readouterr().out)["bbox"]
+    image = sorted((run["data"] / "images").glob("*.jpg"))[0]
+    out = tmp_path / "results.json"
+    code = main(["detect", "predict", str(image), str(tmp_path / "missing.jpg"), "--checkpoint", ckpt,
+                 "--score", "0", "--output", str(tmp_path), "--json", str(out)])
+    assert code == 1  # one file could not be read: skipped and reported, the other predicted
+    assert (tmp_path / f"{image.stem}.pred.png").is_file()
+    records = json.loads(out.read_text())
+    assert records and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(records[0])
+    assert "missing.jpg" in capsys.readouterr().err
+
+
+def test_recipes_schedule_and_fitting():
+    config = resolve_detect_config("coco_1x")
+    assert (config.epochs, config.lr_steps, config.lr, config.weight_decay, config.drop_path) == (
+        12, (8, 11), 1e-4, 0.05, 0.4)
+    assert lr_factor(0, 100, config) == pytest.approx(0.001)
+    assert lr_factor(800, 100, config) == pytest.approx(0.1) and lr_factor(1100, 100, config) == pytest.approx(0.01)
+    short = resolve_detect_config("coco_3x", epochs=6, fit_to_run=True)
+    notes = fit_to_run(short, train_images=40)
+    assert short.lr_steps == (4.5, 5.5) and short.warmup_iters == 6 and len(notes) == 2
+    with pytest.raises(Exception, match="lr_steps"):
+        resolve_detect_config("coco_3x", epochs=6)
