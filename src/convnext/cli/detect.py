@@ -66,7 +66,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..tasks.detection.data import CocoData
     from ..tasks.detection.evaluate import evaluate_detector, format_scores
     from ..tasks.detection.train import load_detector
-    from .main import _parse_device
+    from .root import _parse_device
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -107,7 +107,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ..tasks.detection.data import read_json
     from ..tasks.detection.predict import predict_files
     from ..tasks.detection.train import load_detector
-    from .main import _parse_device
+    from .root import _parse_device
 
     if not 0 <= args.score <= 1:
         raise UserError(f"--score must be in [0, 1], got {args.score}")

@@ -82,7 +82,7 @@ def _suites(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .main import _parse_device  # the CLI's one device parser (imported late: cli.py imports this module)
+    from .root import _parse_device  # the CLI's one device parser (imported late: cli.py imports this module)
 
     start = time.perf_counter()
     if args.batch_size < 1 or args.workers < 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-LEGACY = Path(__file__).parent / "fixtures" / "legacy"
+LEGACY = Path(__file__).parents[1] / "fixtures" / "legacy"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
