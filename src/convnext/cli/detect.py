@@ -65,7 +65,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..tasks.detection.data import CocoData
     from ..tasks.detection.evaluate import evaluate_detector, format_scores
-    from ..tasks.detection.train import load_detector
+    from ..tasks.detection.predict import load_detector
     from .root import _parse_device
 
     if args.batch_size < 1:
@@ -105,8 +105,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ..files import atomic_write_text
     from ..tasks.classification.predict import find_images
     from ..tasks.detection.data import read_json
-    from ..tasks.detection.predict import predict_files
-    from ..tasks.detection.train import load_detector
+    from ..tasks.detection.predict import load_detector, predict_files
     from .root import _parse_device
 
     if not 0 <= args.score <= 1:

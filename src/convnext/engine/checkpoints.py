@@ -18,14 +18,12 @@ import torch
 from ..errors import UserError
 from ..files import atomic_write, remove_stale_temps, write_problem
 from ..weights import read_checkpoint_file
+from .config import RunConfig, config_changes
 
 LOCK_NAME = ".lock"
 # What a resumable checkpoint holds besides the weights; a file without them was not written by a run.
 RESUME_KEYS = ("model", "optimizer", "schedule", "scaler", "rng", "epoch", "step_in_epoch", "config", "classes",
                "history", "best", "best_ema", "elapsed")
-# Settings a resumed run may change: each is applied as given (more epochs stretch the cosine to the new end).
-FREE_ON_RESUME = ("epochs", "workers", "device", "output", "compile", "tensorboard", "save_every",
-                  "save_every_steps", "given")
 # The files one run leaves; --restart removes them, so nothing of the previous run passes for the new one.
 RUN_FILES = ("last.pt", "best.pt", "best_ema.pt", "metrics.jsonl", "summary.json", "curves.png", "augment.png",
              "config.json")
@@ -89,12 +87,7 @@ def read_training_state(path: str | os.PathLike) -> dict:
     return state
 
 
-def _changes(saved: dict, current: dict) -> list[str]:
-    keys = sorted(k for k in set(saved) | set(current) if k not in FREE_ON_RESUME)
-    return [f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
-
-
-def check_resumable(state: dict, path: Path, config: dict, classes: list[str]) -> None:
+def check_resumable(state: dict, path: Path, config: RunConfig, classes: list[str]) -> None:
     """Refuse to resume a run with settings or classes other than those it started with: the result would
     be neither the old run nor a new one, and a changed value could not be applied to the restored state."""
     how = ("rerun with the settings it was started with, or start over: --restart (replaces it) or a new "
@@ -102,7 +95,7 @@ def check_resumable(state: dict, path: Path, config: dict, classes: list[str]) -
     if state["classes"] != classes:
         raise UserError(f"{path} holds a run on other classes ({len(state['classes'])}: "
                         f"{', '.join(map(str, state['classes'][:4]))}, ...) than the data's {len(classes)}; {how}")
-    changes = _changes(state["config"], config)
+    changes = config_changes(state["config"], config)
     if changes:
         shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise UserError(f"{path} holds a run with other settings ({shown}); {how}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -105,14 +106,14 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
 
 
 
-def build_optimizer(model: nn.Module, *, lr: float, min_lr: float, weight_decay: float, layer_decay: float,
-                    betas: tuple[float, float], eps: float, res: int, total_steps: int, warmup_steps: int
+def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, layer_decay: float,
+                    betas: tuple[float, float], eps: float = 1e-8, lr_factor: Callable[[int], float],
+                    num_layers: int | None = None
                     ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``param_groups`` with its schedule; the schedule steps once per optimizer step."""
-    groups = param_groups(model, weight_decay, layer_decay, res)
+    """AdamW over ``param_groups`` with the schedule ``lr_factor(step)`` (the multiple of the peak ``lr`` at
+    optimizer step ``step``); the schedule steps once per optimizer step."""
+    groups = param_groups(model, weight_decay, layer_decay)
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_at(step, lr, min_lr, total_steps, warmup_steps) / lr if lr else 0.0)
-    return optimizer, schedule
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)

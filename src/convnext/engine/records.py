@@ -5,11 +5,11 @@ atomic writer, so a reader never sees half a file."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
 from ..files import atomic_write, atomic_write_text
-from ..plots import plot_curves
 
 PRIVATE_KEYS = ("bad_images",)  # kept in checkpoints for the count of skipped images, not in metrics.jsonl
 
@@ -43,12 +43,13 @@ class RunLog:
                     self.writer.add_scalar(key, value, rows[-1]["epoch"])
             self.writer.flush()
 
-    def finish(self, summary: dict, history: list[dict]) -> None:
+    def finish(self, summary: dict, history: list[dict], plot: Callable[[list[dict], Path], None]) -> None:
+        """``summary.json``, and ``curves.png`` drawn by the task's ``plot``."""
         if not self.main:
             return
         atomic_write_text(self.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
         if history:
-            atomic_write(self.folder / "curves.png", lambda tmp: plot_curves(history, tmp))
+            atomic_write(self.folder / "curves.png", lambda tmp: plot(history, tmp))
 
     def close(self) -> None:
         if self.writer is not None:

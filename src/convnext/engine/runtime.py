@@ -74,3 +74,12 @@ def usable_workers(requested: int, processes_per_machine: int = 1) -> int:
     """DataLoader workers capped at this process's share of the CPU cores it may run on."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return min(requested, max(1, cores // processes_per_machine))
+
+
+def cap_workers(config, say) -> None:
+    """``config.workers`` DataLoader workers no more than this process's share of the CPU cores (said when
+    lowered)."""
+    workers = usable_workers(config.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if workers < config.workers:
+        say(f"DataLoader workers {config.workers} -> {workers}: no more than this process's CPU cores")
+        config.workers = workers

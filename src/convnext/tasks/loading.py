@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import UserError
 from ..models.convnext import build_model, create_model
 from ..weights import convert_state_dict, load_checkpoint, read_checkpoint_file, read_metadata, read_state_dict
-from .classification.config import TrainConfig, config_from_dict
+from .classification.config import TrainConfig
 
 # Run checkpoints of the dense tasks, told apart by their model's name: the task, and the command that reads them
 DENSE_TASKS = {"upernet": ("semantic segmentation", "segment"), "maskrcnn": ("instance segmentation", "detect"),
@@ -86,7 +86,7 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
     state = convert_state_dict(read_state_dict(raw, key=key))
     head = state.get("head.weight")
     if run_config:
-        config = config_from_dict(run_config)
+        config = TrainConfig.from_dict(run_config)
         if name is not None and config.model != name:
             raise UserError(f"{path} holds a {config.model} (trained with `convnext train`), not {name}")
         model = build_run_model(config, 0 if head is None else head.shape[0])

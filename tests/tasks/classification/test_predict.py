@@ -12,7 +12,7 @@ from convnext.cli import main
 from convnext.data import eval_transform
 from convnext.deploy.export import export_model, export_safetensors
 from convnext.models import build_model
-from convnext.tasks.classification.config import config_dict, resolve_config
+from convnext.tasks.classification.config import resolve_config
 from convnext.tasks.classification.predict import class_labels, find_images, predict, read_labels
 from convnext.tasks.loading import load_model
 from convnext.weights import data_config
@@ -255,7 +255,7 @@ def test_training_run_checkpoint_brings_architecture_preprocessing_and_classes(t
     config = resolve_config("demo")
     classes = [str(d) for d in range(10)]
     model = build_model(config.model, num_classes=10, **config.model_args)
-    torch.save(dict(model=model.state_dict(), config=config_dict(config), classes=classes, epoch=1),
+    torch.save(dict(model=model.state_dict(), config=config.to_dict(), classes=classes, epoch=1),
                tmp_path / "best.pt")
     Image.fromarray(picture()).save(tmp_path / "x.png")
 

@@ -3,8 +3,7 @@ import pytest
 from convnext.errors import UserError
 from convnext.tasks.classification.config import (
     RECIPES,
-    config_dict,
-    config_from_dict,
+    TrainConfig,
     fit_to_run,
     resolve_config,
     scaled_lr,
@@ -57,8 +56,8 @@ def test_fitting_leaves_what_the_user_gave_alone():
 
 def test_a_named_recipe_is_used_exactly():
     c = resolve_config("in1k", epochs=15, res=64, batch_size=32)
-    before = config_dict(c)
-    assert fit_to_run(c, train_images=240) == [] and config_dict(c) == before
+    before = c.to_dict()
+    assert fit_to_run(c, train_images=240) == [] and c.to_dict() == before
 
 
 def test_a_run_as_long_as_the_papers_keeps_the_papers_settings():
@@ -72,7 +71,7 @@ def test_settings_are_parsed_and_flags_win():
                                 f"model_args={{\"dims\": {dims}}}", "clip_grad=1", "epochs=5"], epochs=7, lr=None)
     assert (c.layer_decay, c.ema, c.crop_scale, c.model_args, c.clip_grad) == (0.7, False, (0.5, 1), {"dims": dims}, 1)
     assert c.epochs == 7 and c.lr == 4e-3
-    assert config_from_dict(config_dict(c)) == c
+    assert TrainConfig.from_dict(c.to_dict()) == c
 
 
 @pytest.mark.parametrize("settings,message", [

@@ -180,7 +180,7 @@ def test_corrupt_images_are_skipped_counted_and_reported(tmp_path):
     logs = []
     summary = train(config(tmp_path, "epochs=1", "batch_size=7", data=str(data)), log=logs.append)
     assert summary["skipped_images"] == [str(data / "train" / "a" / "zz_broken.png")]
-    assert any("skipped 1 unreadable" in line for line in logs)
+    assert any("skipped 1 unusable training sample" in line for line in logs)
     assert any("(1 unreadable validation images left out)" in line for line in logs)
     assert summary["final"]["val_top1"] is not None
 

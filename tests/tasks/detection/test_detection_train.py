@@ -10,7 +10,8 @@ from convnext.tasks.detection.config import fit_to_run, lr_factor, resolve_detec
 from convnext.tasks.detection.data import CocoData
 from convnext.tasks.detection.demo import make_demo_set
 from convnext.tasks.detection.evaluate import METRICS, evaluate_detector
-from convnext.tasks.detection.train import load_detector, train_detector
+from convnext.tasks.detection.predict import load_detector
+from convnext.tasks.detection.train import train_detector
 
 MODEL_ARGS = dict(dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], fpn_channels=16, head_width=64, rois_per_image=32,
                   proposals=100)

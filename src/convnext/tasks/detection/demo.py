@@ -131,8 +131,7 @@ def draw_demo(run_dir: Path, count: int = 8, score: float = 0.5) -> Path:
     from ...data.images import load_image, to_tensor
     from ...files import atomic_write
     from ...plots import pyplot
-    from .predict import detect, draw
-    from .train import load_detector
+    from .predict import detect, draw, load_detector
 
     best = run_dir / "best.pt"
     model, classes, _ = load_detector(best if best.is_file() else run_dir / "last.pt")

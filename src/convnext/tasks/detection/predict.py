@@ -11,7 +11,32 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from ...data.images import load_image, to_tensor
 from ...errors import UserError
 from ...files import atomic_write
+from ...models import build_model
+from ...weights import read_checkpoint_file
+from .config import DetectConfig
 from .evaluate import to_results
+
+
+def build_run_detector(config: DetectConfig, num_classes: int) -> nn.Module:
+    """The run's detector: its model, architecture options, stochastic depth and input sizes."""
+    return build_model(config.model, num_classes=num_classes, drop_path_rate=config.drop_path,
+                       min_size=tuple(config.min_sizes), max_size=config.max_size, test_size=config.test_size,
+                       **config.model_args)
+
+
+def load_detector(checkpoint: str | Path) -> tuple[nn.Module, list[str], list[int]]:
+    """A detector a `convnext detect train` run saved, in eval mode, with its category names and json ids."""
+    raw = read_checkpoint_file(Path(checkpoint))
+    if not isinstance(raw.get("config"), dict) or "category_ids" not in raw:
+        raise UserError(f"{checkpoint} is not a checkpoint of `convnext detect train` (no config and categories)")
+    model = build_run_detector(DetectConfig.from_dict(raw["config"]), len(raw["classes"]) + 1)
+    try:
+        model.load_state_dict(raw["model"])
+    except RuntimeError as err:
+        raise UserError(f"{checkpoint} does not fit the detector its config describes: "
+                        f"{str(err).strip().splitlines()[0]}") from None
+    return model.eval(), list(raw["classes"]), list(raw["category_ids"])
+
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
            "#469990"]

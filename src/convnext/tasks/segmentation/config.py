@@ -9,64 +9,74 @@ the ImageNet-22K models. ``demo`` is the built-in real-photo scenes' run: a smal
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
-import torch
-from torch import nn
-
+from ...engine.config import (
+    AT_LEAST_1,
+    FRACTION_BELOW_1,
+    NON_NEGATIVE,
+    POSITIVE,
+    Range,
+    RunConfig,
+    apply_fits,
+    check_order,
+    resolve,
+)
 from ...errors import UserError
-from ..classification.config import _conform, _parse
 
 
 @dataclass
-class SegConfig:
+class SegConfig(RunConfig):
+    """Every setting of a segmentation run (``convnext segment train``)."""
+
     recipe: str = "ade20k"
     model: str = "upernet_convnext_tiny"
-    model_args: dict = field(default_factory=dict)
     num_classes: int = 150
-    data: str | None = None
-    val_data: str | None = None
     reduce_zero_label: bool | None = None  # None: on for ADE20K trees, off for plain folders
-    output: str | None = None
     pretrained: str | None = None  # ImageNet weights for the backbone (a tag of the backbone, or a file)
     iters: int = 160_000
     batch_size: int = 16
-    accum_steps: int = 1
-    lr: float = 1e-4
     min_lr: float = 0.0
-    weight_decay: float = 0.05
     layer_decay: float = 0.9
     decay_layers: int | None = None  # the configs' num_layers: 6 for tiny, 12 for the deeper ones
-    betas: tuple[float, float] = (0.9, 0.999)
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6
     power: float = 1.0
-    drop_path: float = 0.4
+    drop_path: float | None = 0.4
     aux_weight: float = 0.4
     crop: int = 512
     scale: tuple[int, int] = (2048, 512)
     ratio_range: tuple[float, float] = (0.5, 2.0)
-    hflip: float = 0.5
     photometric: bool = True
     stride: int | None = None  # sliding-window stride at evaluation; None: 2/3 of the crop (341 at 512, 426 at 640)
     eval_every: int = 16_000
     amp: bool = True
-    clip_grad: float | None = None
     channels_last: bool = True
-    device: str = "auto"
     workers: int = 4
-    seed: int = 0
-    save_every_steps: int = 0
     fit_to_run: bool = True
-    given: list[str] = field(default_factory=list)  # settings the user gave: fit_to_run leaves them alone
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        **RunConfig.RANGES, "num_classes": Range(2, 255), "iters": AT_LEAST_1, "min_lr": NON_NEGATIVE,
+        "decay_layers": AT_LEAST_1, "warmup_iters": NON_NEGATIVE, "warmup_ratio": Range(0, 1, open_low=True),
+        "power": POSITIVE, "drop_path": FRACTION_BELOW_1, "aux_weight": NON_NEGATIVE, "crop": Range(32),
+        "scale": Range(32), "ratio_range": POSITIVE, "stride": AT_LEAST_1, "eval_every": AT_LEAST_1,
+    }
 
     @property
     def eval_stride(self) -> int:
         return self.stride or self.crop * 2 // 3
+
+    def complete(self) -> None:
+        if self.recipe.startswith("ade20k") and "drop_path" not in self.given and self.model.endswith("_small"):
+            self.drop_path = 0.3  # the official small config; 0.4 for all others
+        if self.output is None:
+            self.output = f"runs/segment-{self.recipe}"
+
+    def check_more(self) -> None:
+        check_order(self, "ratio_range")
+        if self.min_lr > self.lr:
+            raise UserError(f"setting min_lr={self.min_lr!r}: must be at most lr ({self.lr!r})")
 
 
 SEG_RECIPES: dict[str, dict] = {
@@ -83,96 +93,18 @@ PAPER_ITERS = 160_000
 def seg_config(recipe: str = "ade20k", settings: list[str] | tuple[str, ...] = (), **given) -> SegConfig:
     """The named recipe, then ``"key=value"`` settings (``--set``), then ``given`` keyword settings (None: not
     given); every setting given is recorded, so fitting leaves it alone."""
-    if recipe not in SEG_RECIPES:
-        raise UserError(f"unknown segmentation recipe {recipe!r}; choose from {', '.join(SEG_RECIPES)}")
-    hints = typing.get_type_hints(SegConfig)
-    given = {k: v for k, v in given.items() if v is not None}
-    for item in settings:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in hints or key == "given":
-            raise UserError(f"bad setting {item!r}: expected key=value with a key of "
-                            f"convnext.tasks.segmentation.config.SegConfig ({', '.join(sorted(hints))})")
-        given.setdefault(key, _conform(key, _parse(key, text, getattr(SegConfig, key, None)), hints[key]))
-    unknown = sorted(set(given) - set(hints))
-    if unknown:
-        raise UserError(f"unknown segmentation setting(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}")
-    config = SegConfig(recipe=recipe, **{**SEG_RECIPES[recipe], **given})
-    if recipe.startswith("ade20k") and "drop_path" not in given and config.model.endswith("_small"):
-        config.drop_path = 0.3  # the official small config; 0.4 for all others
-    config.given = sorted(set(config.given) | set(given) - {"given"})
-    check_config(config)
-    return config
-
-
-def check_config(config: SegConfig) -> None:
-    """Out-of-range values stop here with one line, before any file is read."""
-    checks = [(config.num_classes >= 2, "num_classes must be at least 2"),
-              (config.num_classes <= 255, "num_classes must be at most 255 (255 marks ignored pixels)"),
-              (config.iters >= 1, "iters must be at least 1"), (config.batch_size >= 1, "batch_size must be >= 1"),
-              (config.accum_steps >= 1, "accum_steps must be >= 1"), (config.crop >= 32, "crop must be >= 32"),
-              (config.lr > 0, "lr must be positive"), (0 < config.layer_decay <= 1, "layer_decay must be in (0, 1]"),
-              (0 <= config.drop_path < 1, "drop_path must be in [0, 1)"), (config.warmup_iters >= 0,
-                                                                           "warmup_iters must be >= 0"),
-              (0 < config.ratio_range[0] <= config.ratio_range[1], "ratio_range must be (low, high), 0 < low <= high"),
-              (config.eval_every >= 1, "eval_every must be at least 1"), (0 <= config.hflip <= 1, "hflip: 0..1")]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
+    return resolve(SegConfig, SEG_RECIPES, recipe, settings, what="segmentation recipe", **given)
 
 
 def fit_segmentation_run(config: SegConfig) -> list[str]:
     """Fit the 160k-iteration recipe to a shorter run; one line per change, settings the user gave untouched."""
-    if not config.fit_to_run:
-        return []
-    notes: list[str] = []
-
-    def change(key: str, value, why: str) -> None:
-        if key not in config.given and getattr(config, key) != value:
-            notes.append(f"{key} {getattr(config, key)!r} -> {value!r}: {why}")
-            setattr(config, key, value)
-
     share = config.iters / PAPER_ITERS
-    if share < 1:
-        change("warmup_iters", max(1, round(config.warmup_iters * share)),
-               f"warm-up kept to the paper's share of the run (1500 of {PAPER_ITERS:,} iterations)")
-        change("eval_every", max(1, min(config.eval_every, config.iters // 10 or 1)),
-               "ten evaluations over the run")
-    return notes
-
-
-def config_dict(config: SegConfig) -> dict:
-    return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def stage_ids(model: nn.Module, decay_layers: int | None) -> tuple[dict[str, int], int]:
-    """The official stage-wise lr-decay ids: backbone downsampling 0, stage i is i + 1, everything else (heads,
-    the backbone's output norms) ``decay_layers + 1``; ``decay_layers`` defaults to the configs' 6 for
-    tiny-depth backbones and 12 for the deeper ones."""
-    top = (decay_layers or (6 if model.depths[2] <= 9 else 12)) + 1
-    ids = {}
-    for name, _ in model.named_parameters():
-        stage = re.match(r"backbone\.stages\.(\d)\.", name)
-        ids[name] = 0 if name.startswith("backbone.downsample_layers.") else int(stage[1]) + 1 if stage else top
-    return ids, top
-
-
-def build_seg_optimizer(model: nn.Module, config: SegConfig, total: int
-                        ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with stage-wise lr decay and no weight decay on biases and 1-D parameters; the poly schedule
-    after a linear warm-up, stepped once per iteration."""
-    ids, top = stage_ids(model, config.decay_layers)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        no_decay = param.ndim <= 1 or name.endswith(".bias")
-        scale = config.layer_decay ** (top - ids[name])
-        group = groups.setdefault((ids[name], no_decay), dict(
-            params=[], weight_decay=0.0 if no_decay else config.weight_decay, lr_scale=scale,
-            lr=config.lr * scale))
-        group["params"].append(param)
-    optimizer = torch.optim.AdamW(list(groups.values()), lr=config.lr, betas=tuple(config.betas))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: poly_factor(step, config, total))
-    return optimizer, schedule
+    if share >= 1:
+        return []
+    return apply_fits(config, [
+        ("warmup_iters", max(1, round(config.warmup_iters * share)),
+         f"warm-up kept to the paper's share of the run (1500 of {PAPER_ITERS:,} iterations)"),
+        ("eval_every", max(1, min(config.eval_every, config.iters // 10 or 1)), "ten evaluations over the run")])
 
 
 def poly_factor(step: int, config: SegConfig, total: int) -> float:
