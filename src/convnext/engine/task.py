@@ -42,7 +42,7 @@ class Schedule:
         return f"epoch {period + 1}, step {step}"
 
     def length(self) -> str:
-        return f"{self.total_steps} iterations" if self.unit == "iteration" else f"{self.periods} epochs"
+        return f"{self.total_steps}-iteration" if self.unit == "iteration" else f"{self.periods}-epoch"
 
 
 @dataclass
