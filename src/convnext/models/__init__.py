@@ -4,6 +4,7 @@ roadmap, inference fusion, complexity counting, and the task heads built on the 
 from .convnext import (
     LN_EPS,
     MODEL_ARCHS,
+    TIMM_PREFIX,
     Block,
     ConvNeXt,
     ConvNeXtFeatures,
@@ -14,7 +15,9 @@ from .convnext import (
     drop_path_rates,
     list_models,
     register_model,
+    register_with_timm,
 )
 
-__all__ = ["LN_EPS", "MODEL_ARCHS", "Block", "ConvNeXt", "ConvNeXtFeatures", "ConvNeXtIsotropic", "build_model",
-           "check_input", "create_model", "drop_path_rates", "list_models", "register_model"]
+__all__ = ["LN_EPS", "MODEL_ARCHS", "TIMM_PREFIX", "Block", "ConvNeXt", "ConvNeXtFeatures", "ConvNeXtIsotropic",
+           "build_model", "check_input", "create_model", "drop_path_rates", "list_models", "register_model",
+           "register_with_timm"]

@@ -48,6 +48,14 @@ class DepthwiseConv2d(nn.Conv2d):
         self.same_padding = kernel_size // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            # TorchScript cannot call an autograd Function; the compiled graph gets the same convolution
+            # with the library's backward (eager, FX, export and torch.compile keep the Function's)
+            return F.conv2d(x, self.weight, self.bias, padding=self.same_padding, groups=self.groups)
+        return self._forward_eager(x)
+
+    @torch.jit.unused
+    def _forward_eager(self, x: torch.Tensor) -> torch.Tensor:
         return DepthwiseConv2dFunction.apply(x, self.weight, self.bias, self.same_padding)
 
 
@@ -89,6 +97,7 @@ def as_linears(model: nn.Module) -> nn.Module:
 
 def as_plain_convs(model: nn.Module) -> nn.Module:
     """``model`` with every `DepthwiseConv2d` replaced, in place, by an ``nn.Conv2d`` holding the same
-    parameters: for TorchScript, which cannot call an autograd Function."""
+    parameters: for ``torch.jit.trace``, which would record the autograd Function as an opaque Python op
+    (``torch.jit.script`` takes the plain convolution by itself)."""
     return _swap(model, DepthwiseConv2d, nn.Conv2d, "in_channels", "out_channels", "kernel_size", "stride",
                  "padding", "dilation", "groups")
