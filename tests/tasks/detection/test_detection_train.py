@@ -4,14 +4,16 @@ CLI evaluates and predicts from its checkpoint."""
 import json
 
 import pytest
+import torch
 
 from convnext.cli import main
+from convnext.errors import UserError
 from convnext.tasks.detection.config import fit_to_run, lr_factor, resolve_detect_config
 from convnext.tasks.detection.data import CocoData
 from convnext.tasks.detection.demo import make_demo_set
 from convnext.tasks.detection.evaluate import METRICS, evaluate_detector
 from convnext.tasks.detection.predict import load_detector
-from convnext.tasks.detection.train import train_detector
+from convnext.tasks.detection.train import DetectionTask, train_detector
 
 MODEL_ARGS = dict(dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], fpn_channels=16, head_width=64, rois_per_image=32,
                   proposals=100)
@@ -81,3 +83,28 @@ def test_recipes_schedule_and_fitting():
     assert short.lr_steps == (4.5, 5.5) and short.warmup_iters == 6 and len(notes) == 2
     with pytest.raises(Exception, match="lr_steps"):
         resolve_detect_config("coco_3x", epochs=6)
+
+
+def test_detection_accumulates_gradients_and_stops_on_a_non_finite_loss(tmp_path, monkeypatch):
+    data = make_demo_set(tmp_path / "train", "train", 8, size=64, seed=2)
+    settings = dict(model_args=MODEL_ARGS, data=str(data), epochs=1, lr_steps=(), warmup_iters=1, batch_size=2,
+                    min_sizes=(64,), test_size=64, max_size=128)
+    lines = []
+    train_detector(resolve_detect_config("demo", accum_steps=2, output=str(tmp_path / "accum"), **settings),
+                   log=lines.append)
+    assert any("batch 4 = 2 x 2 accumulation x 1 processes" in line for line in lines), lines
+    saved = torch.load(tmp_path / "accum" / "last.pt", weights_only=True)
+    assert saved["schedule"]["last_epoch"] == len(CocoData(data, train=True)) // 4  # 4 images per optimizer step
+
+    real_step, calls = DetectionTask.step, []
+
+    def nan_on_the_second_step(self, net, batch):
+        out = real_step(self, net, batch)
+        calls.append(1)
+        if len(calls) == 2:
+            out.losses["loss"] = out.losses["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(DetectionTask, "step", nan_on_the_second_step)
+    with pytest.raises(UserError, match=r"^the loss became nan at epoch 1, step 2: training stopped"):
+        train_detector(resolve_detect_config("demo", output=str(tmp_path / "nan"), **settings), log=lambda _: None)

@@ -11,7 +11,8 @@ from convnext import UserError
 from convnext.cli import main
 from convnext.tasks.segmentation import UperNet
 from convnext.tasks.segmentation.config import fit_segmentation_run, poly_factor, seg_config, stage_ids
-from convnext.tasks.segmentation.train import segmentation_loss, train_segmentation
+from convnext.tasks.segmentation.model import segmentation_loss
+from convnext.tasks.segmentation.train import train_segmentation
 
 TINY = dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], channels=8, aux_channels=8)
 

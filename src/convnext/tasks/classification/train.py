@@ -11,24 +11,22 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ...data.augment import BatchMix, seeded, train_transform
-from ...data.images import Digits, EpochSampler, EvalImages, TrainImages, image_folders
+from ...data.augment import BatchMix, train_transform
+from ...data.images import EpochSampler, EvalImages, TrainImages
 from ...engine.fit import fit
 from ...engine.optim import layer_ids, lr_at, param_groups
 from ...engine.runtime import Runtime, autocast_dtype
 from ...engine.task import Say, Schedule, StepOutput, Task
 from ...errors import UserError
-from ...files import atomic_write
-from ...plots import plot_augmented
 from ...weights import load_checkpoint
 from ..loading import build_run_model, eval_config
 from .config import TrainConfig, ema_warning, fit_to_run, scaled_lr
+from .data import save_augmented_sample, train_sources
 from .evaluate import evaluate
 
 __all__ = ["ClassificationTask", "layer_ids", "lr_at", "param_groups", "train"]
@@ -38,34 +36,6 @@ def train(config: TrainConfig, *, resume: bool = True, log: Callable[[str], None
     """Run (or resume) the classification training ``config`` describes (`convnext.engine.fit`); returns the
     summary also saved as summary.json."""
     return fit(ClassificationTask(config), resume=resume, log=log)
-
-
-def _sources(config: TrainConfig):
-    if config.data is None:
-        if config.val_data is not None:
-            raise UserError("--val-data needs --data")
-        return Digits("train"), Digits("val")
-    train_src, val_src = image_folders(config.data, config.val_data)
-    if len(train_src.classes) < 2:
-        raise UserError(f"{config.data} holds one class ({train_src.classes[0]}): a classifier needs at least "
-                        "two class folders")
-    return train_src, val_src
-
-
-_SAMPLE_EPOCH = 2**31  # the seed key of augment.png: an epoch no run reaches
-
-
-def save_augmented_sample(train_set: TrainImages, mix: BatchMix, classes: list[str], config: TrainConfig,
-                          path: Path, count: int = 16) -> None:
-    """``augment.png``: images spread over the training set, augmented as epoch 1 shows them, then mixed.
-
-    Drawn under its own seed, so writing it changes nothing in the run."""
-    count = min(count, len(train_set)) // 2 * 2
-    picks = np.linspace(0, len(train_set) - 1, count).round().astype(int).tolist()
-    with seeded(config.seed, _SAMPLE_EPOCH):
-        images, labels, _ = zip(*(train_set[(i, 0)] for i in picks), strict=True)
-        x, targets = mix(torch.stack(images), torch.tensor(labels))
-    atomic_write(path, lambda tmp: plot_augmented(x, targets, classes, config.mean, config.std, tmp))
 
 
 class ClassificationTask(Task):
@@ -79,7 +49,7 @@ class ClassificationTask(Task):
         """The data and the plan: fit the recipe to this run (``fit_to_run``), cap the workers, and say what
         the run will do."""
         config = self.config
-        self.train_src, self.val_src = _sources(config)
+        self.train_src, self.val_src = train_sources(config)
         self.classes = list(self.train_src.classes)
         eff_batch = config.batch_size * config.accum_steps * rt.world_size
         steps_per_epoch = len(self.train_src) // eff_batch

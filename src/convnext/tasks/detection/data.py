@@ -16,6 +16,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,3 +258,22 @@ class DetectionItems(torch.utils.data.Dataset):
 def collate(batch: list) -> tuple[list, list, list]:
     """Detection batches stay lists: images differ in size (the model resizes and pads them)."""
     return tuple(list(column) for column in zip(*batch, strict=True))
+
+
+def load_datasets(config, say: Callable[[str], None]) -> tuple[CocoData, CocoData | None]:
+    """The training and validation sets (the built-in demo set without ``data``), their cleaning reported."""
+    if config.data is None:
+        from .demo import demo_data
+
+        train_path, val_path = demo_data(Path(config.output) / "data", say)
+    else:
+        train_path, val_path = config.data, config.val_data
+    train = CocoData(train_path, train=True)
+    val = CocoData(val_path, train=False) if val_path is not None else None
+    if val is not None and val.cat_ids != train.cat_ids:
+        raise UserError(f"{val.json_path} lists other categories than {train.json_path}: "
+                        f"{val.cat_ids[:8]} vs {train.cat_ids[:8]}")
+    for source in (train, val):
+        for line in source.notes() if source is not None else []:
+            say(f"data: {line}")
+    return train, val

@@ -18,7 +18,7 @@ from ...engine.runtime import Runtime
 from ...engine.task import Say, Schedule, StepOutput, Task
 from ...errors import UserError
 from .config import DetectConfig, fit_to_run, lr_factor
-from .data import CocoData, DetectionItems, collate
+from .data import DetectionItems, collate, load_datasets
 from .evaluate import evaluate_detector
 from .predict import build_run_detector
 
@@ -27,25 +27,6 @@ def train_detector(config: DetectConfig, *, resume: bool = True, log: Callable[[
     """Run (or resume) a detection run (`convnext.engine.fit`); returns the summary also saved as
     summary.json. As for classification, rerunning the same command continues the run exactly."""
     return fit(DetectionTask(config), resume=resume, log=log)
-
-
-def load_datasets(config: DetectConfig, say: Say) -> tuple[CocoData, CocoData | None]:
-    """The training and validation sets (the built-in demo set without ``data``), their cleaning reported."""
-    if config.data is None:
-        from .demo import demo_data
-
-        train_path, val_path = demo_data(Path(config.output) / "data", say)
-    else:
-        train_path, val_path = config.data, config.val_data
-    train = CocoData(train_path, train=True)
-    val = CocoData(val_path, train=False) if val_path is not None else None
-    if val is not None and val.cat_ids != train.cat_ids:
-        raise UserError(f"{val.json_path} lists other categories than {train.json_path}: "
-                        f"{val.cat_ids[:8]} vs {train.cat_ids[:8]}")
-    for source in (train, val):
-        for line in source.notes() if source is not None else []:
-            say(f"data: {line}")
-    return train, val
 
 
 class DetectionTask(Task):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from ...data.augment import seeded
 from ...errors import UserError
+
+if TYPE_CHECKING:
+    from .config import SegConfig
 
 IGNORE = 255
 MASK_MODES = ("L", "P", "I;16", "I")
@@ -203,3 +207,17 @@ class DrawSampler(Sampler):
         while True:
             yield draw
             draw += self.world_size
+
+
+def train_val_sources(config: SegConfig) -> tuple[SegmentationSource, SegmentationSource | None]:
+    """The training folder and the validation one (the data's val split when there is one)."""
+    if config.data is None:
+        raise UserError("give --data DIR (an ADE20K tree or images/ + masks/ folders), or use --demo")
+    train_src = segmentation_folder(config.data, "train", config.reduce_zero_label)
+    try:
+        val_src = segmentation_folder(config.val_data or config.data, "val", config.reduce_zero_label)
+    except UserError:
+        if config.val_data:
+            raise
+        val_src = None
+    return train_src, val_src

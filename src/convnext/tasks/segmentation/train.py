@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -22,11 +21,11 @@ from ...engine.fit import fit
 from ...engine.runtime import Runtime
 from ...engine.task import Say, Schedule, StepOutput, Task
 from ...errors import UserError
-from ...models import build_model
-from ...weights import IMAGENET_MEAN, IMAGENET_STD, download_weights, get_pretrained
+from ...weights import IMAGENET_MEAN, IMAGENET_STD
 from .config import SegConfig, fit_segmentation_run, poly_factor
-from .data import IGNORE, DrawSampler, SegmentationSet, TrainTransform, problem, segmentation_folder
+from .data import DrawSampler, SegmentationSet, TrainTransform, problem, train_val_sources
 from .evaluate import EvalSettings, evaluate_segmentation
+from .model import build_segmentation_model, segmentation_loss
 from .plots import plot_segmentation_curves
 
 
@@ -35,48 +34,6 @@ def train_segmentation(config: SegConfig, *, resume: bool = True, log: Callable[
     summary (summary.json). A rerun of the same command continues from ``last.pt`` exactly; ``resume=False``
     replaces the folder's run."""
     return fit(SegmentationTask(config), resume=resume, log=log)
-
-
-def segmentation_loss(outputs, targets: torch.Tensor, aux_weight: float) -> torch.Tensor:
-    """Pixel cross-entropy over labelled pixels (255 ignored), plus ``aux_weight`` times the auxiliary head's;
-    a batch with no labelled pixel gives 0, not NaN."""
-    logits, aux = outputs
-    labelled = (targets != IGNORE).sum().clamp(min=1)
-    loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum") / labelled
-    if aux is not None:
-        loss = loss + aux_weight * F.cross_entropy(aux.float(), targets, ignore_index=IGNORE,
-                                                   reduction="sum") / labelled
-    return loss
-
-
-def build_segmentation_model(config: SegConfig, say: Callable[[str], None] = lambda _: None) -> torch.nn.Module:
-    """The run's UperNet, its backbone started from ImageNet weights when ``pretrained`` names them (a tag of
-    the backbone's released weights, e.g. ``in1k``, or a checkpoint file)."""
-    model = build_model(config.model, num_classes=config.num_classes, drop_path_rate=config.drop_path,
-                        **config.model_args)
-    if config.pretrained:
-        source = Path(config.pretrained)
-        if not source.exists():
-            source = download_weights(get_pretrained(config.model.replace("upernet_", ""), config.pretrained))
-        model.load_weights(source)
-        say(f"backbone initialised from {config.pretrained}")
-    elif config.recipe != "demo":
-        say("note: the backbone starts from random weights (no --pretrained); the paper's recipe fine-tunes "
-            "ImageNet weights, e.g. --pretrained in1k_noema")
-    return model
-
-
-def _sources(config: SegConfig):
-    if config.data is None:
-        raise UserError("give --data DIR (an ADE20K tree or images/ + masks/ folders), or use --demo")
-    train_src = segmentation_folder(config.data, "train", config.reduce_zero_label)
-    try:
-        val_src = segmentation_folder(config.val_data or config.data, "val", config.reduce_zero_label)
-    except UserError:
-        if config.val_data:
-            raise
-        val_src = None
-    return train_src, val_src
 
 
 class SegmentationTask(Task):
@@ -89,7 +46,7 @@ class SegmentationTask(Task):
 
     def prepare(self, rt: Runtime, say: Say) -> Schedule:
         config = self.config
-        self.train_src, self.val_src = _sources(config)
+        self.train_src, self.val_src = train_val_sources(config)
         if config.batch_size < 2 and not (rt.world_size > 1 and rt.device.type == "cuda"):
             raise UserError("batch_size must be at least 2 per process here: the pyramid pooling's 1x1 BatchNorm "
                             "needs two values per channel (batch 1 works under torchrun on GPUs, where BatchNorm "

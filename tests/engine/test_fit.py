@@ -1,0 +1,116 @@
+"""The one engine on a toy task: accumulation equals the full batch, a non-finite loss stops the run with one
+line and an intact last checkpoint, an interrupted run resumes bit for bit, and a period's row and the summary
+carry what the task reports."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from convnext.engine.config import RunConfig
+from convnext.engine.fit import fit
+from convnext.engine.task import Schedule, StepOutput, Task
+from convnext.errors import UserError
+
+X = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+Y = X @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
+
+
+class Regression(Task):
+    """Least squares on 32 fixed points, in batches taken in order; validation: the mean squared error."""
+
+    best_key, metric = "neg_mse", "val_neg_mse"
+
+    def __init__(self, config: RunConfig, nan_at: int | None = None):
+        self.config, self.nan_at, self.calls = config, nan_at, 0
+        self.classes = ["y"]
+
+    def prepare(self, rt, say):
+        steps = len(X) // (self.config.batch_size * self.config.accum_steps)
+        return Schedule(3, steps, 3 * steps)
+
+    def build_model(self, rt, fresh, say):
+        return nn.Linear(4, 1)
+
+    def lr_factor(self, step):
+        return 1.0
+
+    def batches(self, period, start, rt):
+        size = self.config.batch_size
+        return iter([(X[i:i + size], Y[i:i + size]) for i in range(start, len(X), size)])
+
+    def step(self, net, batch):
+        self.calls += 1
+        x, y = batch
+        loss = ((net(x).squeeze(1) - y) ** 2).mean()
+        if self.calls == self.nan_at:
+            loss = loss * float("nan")
+        return StepOutput({"loss": loss, "mse": loss}, len(x))
+
+    def validate(self, model, rt):
+        with torch.no_grad():
+            return {"val_neg_mse": -((model(X).squeeze(1) - Y) ** 2).mean().item()}
+
+
+def config(tmp_path, name="run", **kw):
+    return RunConfig(recipe="toy", model="linear", output=str(tmp_path / name), lr=0.05, weight_decay=0.0,
+                     device="cpu", workers=0, **kw)
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_accumulated_micro_batches_train_as_the_full_batch(tmp_path):
+    fit(Regression(config(tmp_path, "full", batch_size=8)), log=lambda _: None)
+    fit(Regression(config(tmp_path, "accum", batch_size=4, accum_steps=2)), log=lambda _: None)
+    full, accum = weights(tmp_path / "full" / "last.pt"), weights(tmp_path / "accum" / "last.pt")
+    for key in full:
+        torch.testing.assert_close(accum[key], full[key], rtol=1e-5, atol=1e-6)
+
+
+def test_rows_and_summary_carry_the_tasks_metrics(tmp_path):
+    lines = []
+    summary = fit(Regression(config(tmp_path, batch_size=8)), log=lines.append)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["mse"] == pytest.approx(rows[-1]["train_loss"], rel=1e-5)  # a part, per image
+    assert summary["final"]["val_neg_mse"] == rows[-1]["val_neg_mse"]
+    assert sum("epoch 3/3" in line for line in lines) == 1
+
+
+def test_a_non_finite_loss_stops_the_run_with_one_line(tmp_path):
+    task = Regression(config(tmp_path, batch_size=8, save_every_steps=1), nan_at=3)
+    with pytest.raises(UserError, match=r"the loss became nan at epoch 1, step 3: training stopped; the last good "
+                                        r"checkpoint .* is intact and a rerun resumes from it") as err:
+        fit(task, log=lambda _: None)
+    assert "\n" not in str(err.value)
+    saved = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (0, 2)
+    assert all(torch.isfinite(t).all() for t in saved["model"].values())
+
+
+def test_a_rerun_resumes_exactly_after_a_stop_mid_epoch(tmp_path):
+    straight = config(tmp_path, "straight", batch_size=4, save_every_steps=1)
+    fit(Regression(straight), log=lambda _: None)
+
+    class Stop(Exception):
+        pass
+
+    class StopsOnce(Regression):
+        def step(self, net, batch):
+            if self.calls == 13:  # 13 steps done: epoch 2, step 5 of 8
+                raise Stop
+            return super().step(net, batch)
+
+    stopped = config(tmp_path, "stopped", batch_size=4, save_every_steps=1)
+    with pytest.raises(Stop):
+        fit(StopsOnce(stopped), log=lambda _: None)
+    lines = []
+    fit(Regression(stopped), log=lines.append)
+    assert any("resuming" in line and "epoch 2, step 5" in line for line in lines), lines
+    a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "stopped" / "last.pt")
+    for key in a:
+        assert torch.equal(a[key], b[key])
