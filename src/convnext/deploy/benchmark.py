@@ -351,6 +351,38 @@ def _interleaved_rounds(steps: dict[str, Callable[[], None]], what: str, batch: 
     return speeds
 
 
+def _with_ratios(row: dict, speeds: dict[str, list[float]], dtype: str) -> dict:
+    """Our rows get their speed ratio to each peer (median, min, max of per-round ratios); INT8 is measured
+    against our own float32 eager model too."""
+    impl = row["impl"]
+    if impl in OURS and not (dtype == "int8" and impl == "convnext"):
+        baselines = [p for p in speeds if p not in OURS or (dtype == "int8" and p == "convnext")]
+        row["ratio"] = {peer: _spread([a / b for a, b in zip(speeds[impl], speeds[peer], strict=True)])
+                        for peer in baselines if peer != impl}
+    return row
+
+
+def _check_settings(res: int, rounds: int, warmup: int, dtype: str, train: bool, device: str | torch.device,
+                    compile_mode: str | None, peers: Sequence[str]) -> torch.device:
+    """One line for the first setting `run_benchmark` cannot measure with; the device to run on."""
+    if res < 32:
+        raise UserError(f"--res must be at least 32 (ConvNeXt downsamples 32x), got {res}")
+    if rounds < 1 or warmup < 0:
+        raise UserError(f"need at least one round and a non-negative warm-up, got {rounds} and {warmup}")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "int8" and (train or torch.device(device).type != "cpu" or compile_mode):
+        raise UserError("--dtype int8 measures CPU inference of our quantized model: leave out --train, "
+                        "--device and --compile")
+    unknown = [p for p in peers if p not in PEER_BUILDERS and p not in RUNTIME_BUILDERS]
+    if unknown:
+        raise UserError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS + RUNTIMES)}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but PyTorch sees no CUDA device here")
+    return device
+
+
 def run_benchmark(
     models: Sequence[str],
     *,
@@ -380,21 +412,7 @@ def run_benchmark(
     on a shared machine cannot inflate (wall-clock time otherwise). ``dtype="int8"`` times our INT8 model:
     ``int8_file`` (from `convnext quantize`), or the model quantized on random images.
     """
-    if res < 32:
-        raise UserError(f"--res must be at least 32 (ConvNeXt downsamples 32x), got {res}")
-    if rounds < 1 or warmup < 0:
-        raise UserError(f"need at least one round and a non-negative warm-up, got {rounds} and {warmup}")
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if dtype == "int8" and (train or torch.device(device).type != "cpu" or compile_mode):
-        raise UserError("--dtype int8 measures CPU inference of our quantized model: leave out --train, "
-                        "--device and --compile")
-    unknown = [p for p in peers if p not in PEER_BUILDERS and p not in RUNTIME_BUILDERS]
-    if unknown:
-        raise UserError(f"unknown peer(s) {unknown}; choose from {', '.join(PEERS + RUNTIMES)}")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but PyTorch sees no CUDA device here")
+    device = _check_settings(res, rounds, warmup, dtype, train, device, compile_mode, peers)
     say = progress or (lambda message: None)
     report = dict(machine=machine_info(device), settings=dict(
         res=res, dtype=dtype, mode="train" if train else "inference", channels_last=channels_last,
@@ -418,17 +436,11 @@ def run_benchmark(
             steps = {impl: _make_step(m, x, train=train, dtype=DTYPES[dtype]) for impl, m in contenders.items()}
             speeds = _interleaved_rounds(steps, f"{name} batch {batch}", batch, rounds, warmup, device, clock, say)
             for impl, step in steps.items():
-                median = statistics.median(speeds[impl])
                 row = dict(model=name, batch=batch, impl=impl, img_s=_spread(speeds[impl]),
-                           tflops=median * flops_per_image / 1e12,
+                           tflops=statistics.median(speeds[impl]) * flops_per_image / 1e12,
                            peak_mem_mb=peak_memory(step, device) / 2**20, params=info["params"],
                            gmacs=info["gmacs"])
-                if impl in OURS and not (dtype == "int8" and impl == "convnext"):
-                    # INT8 is measured against our own float32 eager model too
-                    baselines = [p for p in steps if p not in OURS or (dtype == "int8" and p == "convnext")]
-                    row["ratio"] = {peer: _spread([a / b for a, b in zip(speeds[impl], speeds[peer], strict=True)])
-                                    for peer in baselines if peer != impl}
-                report["results"].append(row)
+                report["results"].append(_with_ratios(row, speeds, dtype))
     return report
 
 
