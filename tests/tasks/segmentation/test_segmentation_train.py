@@ -10,7 +10,7 @@ from PIL import Image
 from convnext import UserError
 from convnext.cli import main
 from convnext.tasks.segmentation import UperNet
-from convnext.tasks.segmentation.config import fit_segmentation_run, poly_factor, seg_config, stage_ids
+from convnext.tasks.segmentation.config import fit_segmentation_run, poly_factor, seg_config
 from convnext.tasks.segmentation.train import segmentation_loss, train_segmentation
 
 TINY = dict(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32], channels=8, aux_channels=8)
@@ -68,7 +68,7 @@ def test_poly_schedule_with_warmup_and_stage_wise_decay():
     assert poly_factor(1500, config, 160_000) == pytest.approx(1 - 1500 / 160_000)
     assert poly_factor(160_000, config, 160_000) == 0.0
     model = UperNet(num_classes=3, depths=(3, 3, 9, 3), dims=(8, 16, 24, 32), channels=8, aux_channels=8)
-    ids, top = stage_ids(model, None)
+    ids, top = model.layer_decay_ids()
     assert top == 7  # the tiny config's num_layers 6, plus one
     assert ids["backbone.downsample_layers.2.1.weight"] == 0 and ids["backbone.stages.3.0.gamma"] == 4
     assert ids["decode_head.conv_seg.weight"] == top and ids["backbone.norm2.weight"] == top

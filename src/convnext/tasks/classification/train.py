@@ -129,9 +129,9 @@ def build_state(config: TrainConfig, num_classes: int, rt: Runtime, plan: Plan, 
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
            if config.ema else None)
     optimizer, schedule = build_optimizer(
-        model, lr=plan.lr, min_lr=config.min_lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay,
-        betas=config.betas, eps=config.eps, res=config.res, total_steps=plan.total_steps,
-        warmup_steps=plan.warmup_steps)
+        model, lr=plan.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay, betas=config.betas,
+        eps=config.eps, res=config.res, lr_factor=lambda step: lr_at(
+            step, plan.lr, config.min_lr, plan.total_steps, plan.warmup_steps) / plan.lr if plan.lr else 0.0)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=autocast_dtype(config.amp, rt.device) is torch.float16)
     net = model
     if rt.world_size > 1:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ...data.images import EpochSampler
 from ...engine.checkpoints import CheckpointManager, check_resumable
-from ...engine.optim import param_groups
+from ...engine.optim import build_optimizer
 from ...engine.records import RunLog
 from ...engine.run import open_run, restore_or_start_over, seed_process
 from ...engine.runtime import Runtime, autocast_dtype
@@ -37,17 +37,6 @@ def build_run_detector(config: DetectConfig, num_classes: int) -> nn.Module:
     return build_model(config.model, num_classes=num_classes, drop_path_rate=config.drop_path,
                        min_size=tuple(config.min_sizes), max_size=config.max_size, test_size=config.test_size,
                        **config.model_args)
-
-
-def build_optimizer(model: nn.Module, config: DetectConfig, steps_per_epoch: int):
-    """AdamW over the engine's parameter groups (no decay on norms and biases; the official layer-wise lr
-    decay over the backbone) with mmdet's warm-up + step schedule, stepped once per iteration."""
-    groups = param_groups(model, config.weight_decay, config.layer_decay)
-    for group in groups:
-        group["lr"] = config.lr * group["lr_scale"]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, config))
-    return optimizer, schedule
 
 
 def load_datasets(config: DetectConfig, say: Callable[[str], None]) -> tuple[CocoData, CocoData | None]:
@@ -212,7 +201,9 @@ def _build_state(config: DetectConfig, train: CocoData, rt: Runtime, steps_per_e
         say("backbone initialised at random (no --backbone checkpoint): expect far lower AP than from ImageNet "
             "weights")
     model.to(rt.device)
-    optimizer, schedule = build_optimizer(model, config, steps_per_epoch)
+    optimizer, schedule = build_optimizer(
+        model, lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay, betas=config.betas,
+        lr_factor=lambda step: lr_factor(step, steps_per_epoch, config))
     scaler = torch.amp.GradScaler(rt.device.type, enabled=autocast_dtype(config.amp, rt.device) is torch.float16)
     state = RunState(model, None, optimizer, schedule, scaler, best=dict(box_ap=-1.0, epoch=None))
     net = model

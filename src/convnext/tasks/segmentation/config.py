@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 import typing
 from dataclasses import dataclass, field
-
-import torch
-from torch import nn
 
 from ...errors import UserError
 from ..classification.config import _conform, _parse
@@ -143,36 +139,6 @@ def fit_segmentation_run(config: SegConfig) -> list[str]:
 
 def config_dict(config: SegConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
-
-
-def stage_ids(model: nn.Module, decay_layers: int | None) -> tuple[dict[str, int], int]:
-    """The official stage-wise lr-decay ids: backbone downsampling 0, stage i is i + 1, everything else (heads,
-    the backbone's output norms) ``decay_layers + 1``; ``decay_layers`` defaults to the configs' 6 for
-    tiny-depth backbones and 12 for the deeper ones."""
-    top = (decay_layers or (6 if model.depths[2] <= 9 else 12)) + 1
-    ids = {}
-    for name, _ in model.named_parameters():
-        stage = re.match(r"backbone\.stages\.(\d)\.", name)
-        ids[name] = 0 if name.startswith("backbone.downsample_layers.") else int(stage[1]) + 1 if stage else top
-    return ids, top
-
-
-def build_seg_optimizer(model: nn.Module, config: SegConfig, total: int
-                        ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with stage-wise lr decay and no weight decay on biases and 1-D parameters; the poly schedule
-    after a linear warm-up, stepped once per iteration."""
-    ids, top = stage_ids(model, config.decay_layers)
-    groups: dict[tuple[int, bool], dict] = {}
-    for name, param in model.named_parameters():
-        no_decay = param.ndim <= 1 or name.endswith(".bias")
-        scale = config.layer_decay ** (top - ids[name])
-        group = groups.setdefault((ids[name], no_decay), dict(
-            params=[], weight_decay=0.0 if no_decay else config.weight_decay, lr_scale=scale,
-            lr=config.lr * scale))
-        group["params"].append(param)
-    optimizer = torch.optim.AdamW(list(groups.values()), lr=config.lr, betas=tuple(config.betas))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: poly_factor(step, config, total))
-    return optimizer, schedule
 
 
 def poly_factor(step: int, config: SegConfig, total: int) -> float:

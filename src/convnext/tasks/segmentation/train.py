@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from ...engine.checkpoints import CheckpointManager, check_resumable
 from ...engine.loop import Trainer, train_one_epoch
+from ...engine.optim import build_optimizer
 from ...engine.records import RunLog
 from ...engine.run import open_run, restore_or_start_over
 from ...engine.runtime import Runtime, autocast_dtype, usable_workers
@@ -31,7 +32,7 @@ from ...errors import UserError
 from ...files import atomic_write, atomic_write_text
 from ...models.convnext import build_model
 from ...weights import IMAGENET_MEAN, IMAGENET_STD, download_weights, get_pretrained
-from .config import SegConfig, build_seg_optimizer, config_dict, fit_segmentation_run
+from .config import SegConfig, config_dict, fit_segmentation_run, poly_factor
 from .data import IGNORE, DrawSampler, SegmentationSet, TrainTransform, problem, segmentation_folder
 from .evaluate import EvalSettings, evaluate_segmentation
 from .plots import plot_segmentation_curves
@@ -74,7 +75,10 @@ def _state(config: SegConfig, rt: Runtime, finetune: bool, say) -> tuple[RunStat
     model.to(rt.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer, schedule = build_seg_optimizer(model, config, config.iters)
+    optimizer, schedule = build_optimizer(  # mmseg's groups: one per stage even at layer_decay 1
+        model, lr=config.lr, weight_decay=config.weight_decay, layer_decay=config.layer_decay, betas=config.betas,
+        lr_factor=lambda step: poly_factor(step, config, config.iters), num_layers=config.decay_layers,
+        group_by_layer=True)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=autocast_dtype(config.amp, rt.device) is torch.float16)
     state = RunState(model, None, optimizer, schedule, scaler)
     state.best = dict(miou=-1.0, epoch=None, iter=None)
