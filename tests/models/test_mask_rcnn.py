@@ -5,7 +5,7 @@ import torch
 
 import convnext
 from convnext.engine.optim import param_groups
-from convnext.models.mask_rcnn import backbone_layer_ids, detector_macs
+from convnext.models.mask_rcnn import detector_macs
 
 SMALL = dict(dims=[16, 32, 64, 128], depths=[1, 1, 1, 1], fpn_channels=16, head_width=32, min_size=64,
              test_size=64, max_size=128)
@@ -40,7 +40,7 @@ def test_backbone_starts_from_a_classification_checkpoint(tmp_path):
 def test_layer_decay_covers_the_backbone_only():
     with torch.device("meta"):
         detector = convnext.create_model("maskrcnn_convnext_small", num_classes=3)
-    ids, top = backbone_layer_ids(detector)
+    ids, top = detector.layer_decay_ids()
     assert top == 13  # 12 layer ids for [3, 3, 27, 3], as the official num_layers=12
     assert ids["backbone.body.downsample_layers.0.0.weight"] == 0
     assert ids["backbone.body.stages.2.26.pwconv1.weight"] == 11

@@ -31,6 +31,7 @@ from ..files import atomic_path
 from ..models.convnext import check_input
 from ..models.kernels import DECOMPOSITIONS
 from ..models.layers import as_plain_convs
+from ..models.protocol import FromRun, Preprocessed, model_name
 from ..tasks.loading import load_model
 from ..weights import data_config, save_weights
 
@@ -65,18 +66,18 @@ def export_metadata(model: nn.Module) -> dict[str, str]:
     """What a deployment needs besides the graph: which model, how many classes, how to preprocess (and
     class names, when the weights carry them); for a model from a training run, that run's configuration."""
     metadata = {
-        "model": getattr(model, "model_name", type(model).__name__),
+        "model": model_name(model),
         "num_classes": str(model.num_classes),
         "pretrained_cfg": json.dumps(_config(model)),
     }
-    if getattr(model, "run_config", None):
+    if isinstance(model, FromRun) and model.run_config:
         portable = {k: v for k, v in model.run_config.items() if k not in MACHINE_PATHS}
         metadata["run_config"] = json.dumps(portable)
     return metadata
 
 
 def _config(model: nn.Module) -> dict:
-    return getattr(model, "pretrained_cfg", None) or data_config()
+    return model.pretrained_cfg if isinstance(model, Preprocessed) and model.pretrained_cfg else data_config()
 
 
 def _batch_axis() -> tuple[dict[int, torch.export.Dim]]:
@@ -241,7 +242,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
         model(example_input(model, 1, res))  # a size the model cannot take fails here, in its own words
     fuse = fuse and fmt != "safetensors"
     exported = model.fuse_for_inference() if fuse else model
-    report: dict = {"model": getattr(model, "model_name", type(model).__name__), "format": fmt,
+    report: dict = {"model": model_name(model), "format": fmt,
                     "path": str(path), "res": res or _config(model)["input_size"][-1], "fused": fuse}
     if fmt == "onnx":
         _require("ONNX export", "onnx", "onnxscript", "onnxruntime")  # before any work, not after it

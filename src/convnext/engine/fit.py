@@ -49,7 +49,7 @@ def build_state(task: Task, rt: Runtime, *, fresh: bool, say: Say) -> tuple[RunS
            if config.ema else None)
     optimizer, schedule = build_optimizer(
         model, lr=task.peak_lr(), weight_decay=config.weight_decay, layer_decay=config.layer_decay,
-        betas=config.betas, eps=config.eps, lr_factor=task.lr_factor, num_layers=task.decay_layers)
+        betas=config.betas, eps=config.eps, lr_factor=task.lr_factor, **task.optimizer_options())
     scaler = torch.amp.GradScaler(rt.device.type, enabled=autocast_dtype(config.amp, rt.device) is torch.float16)
     state = RunState(model, ema, optimizer, schedule, scaler, best={task.best_key: -1.0, "epoch": None},
                      best_ema={task.best_key: -1.0, "epoch": None})

@@ -1,17 +1,18 @@
-"""The optimiser of the paper's recipe: AdamW parameter groups (no weight decay on biases and 1-D parameters,
-layer-wise lr decay for fine-tuning) and a per-iteration linear warm-up followed by a cosine."""
+"""The optimiser of every task: AdamW parameter groups (no weight decay on biases and 1-D parameters,
+layer-wise lr decay for fine-tuning) with the task's own lr schedule, and the classification recipe's
+per-iteration linear warm-up followed by a cosine."""
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..models.convnext import ConvNeXt, ConvNeXtIsotropic
+from ..models.layer_decay import block_of
+from ..models.protocol import ImageModel, LayerDecay
 
 
 def lr_at(step: int, base_lr: float, min_lr: float, total_steps: int, warmup_steps: int) -> float:
@@ -21,14 +22,6 @@ def lr_at(step: int, base_lr: float, min_lr: float, total_steps: int, warmup_ste
         return base_lr * (step + 1) / warmup_steps
     progress = min((step - warmup_steps) / max(total_steps - warmup_steps, 1), 1.0)
     return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def _unit(name: str) -> str:
-    """The block a parameter belongs to: its name up to the last numeric part (``layers.3.conv.weight`` ->
-    ``layers.3``), else its top-level module (``head.weight`` -> ``head``)."""
-    parts = name.split(".")[:-1]
-    numeric = [i for i, part in enumerate(parts) if part.isdigit()]
-    return ".".join(parts[: numeric[-1] + 1]) if numeric else (parts[0] if parts else name)
 
 
 def _forward_order(model: nn.Module, res: int) -> list[str]:
@@ -41,7 +34,7 @@ def _forward_order(model: nn.Module, res: int) -> list[str]:
     try:
         model.eval()
         with torch.no_grad():
-            in_chans = getattr(model, "in_chans", 3)
+            in_chans = model.in_chans if isinstance(model, ImageModel) else 3
             model(torch.zeros(1, in_chans, res, res, device=param.device, dtype=param.dtype))
     except Exception as err:  # noqa: BLE001 - any model may fail on a dummy input; the fallback still works
         warnings.warn(f"layer decay: forward pass failed ({err}); using registration order", stacklevel=3)
@@ -53,45 +46,36 @@ def _forward_order(model: nn.Module, res: int) -> list[str]:
     return list(dict.fromkeys(called + [name for name, _ in owners]))
 
 
-def layer_ids(model: nn.Module, res: int = 224) -> tuple[dict[str, int], int]:
-    """Depth id of every parameter for layer-wise lr decay, and the id of the classifier (lr scale 1).
+def layer_ids(model: nn.Module, num_layers: int | None = None, *, res: int = 224) -> tuple[dict[str, int], int]:
+    """Depth id of every parameter for layer-wise lr decay, and the id that trains at the full lr.
 
-    Hierarchical ConvNeXt: the official map, generalised to any depths: stem 0, stage 0 is 1, stage 1 and its
-    downsampling 2, stage 2 in groups of three blocks from 3, stage 3 and its downsampling next, norm and head
-    last (12 + 1 for [3, 3, 27, 3], exactly the official ids; 6 + 1 for tiny's [3, 3, 9, 3]). Isotropic
-    ConvNeXt: stem 0, block i is i + 1. Any other model: blocks in the order a forward pass reaches them.
+    A model of ours, or any that follows `convnext.models.protocol.LayerDecay`, names them itself
+    (``layer_decay_ids(num_layers)``: the official maps). A foreign model gets one id per block (`block_of`)
+    in the order a forward pass of a ``res`` x ``res`` image reaches them.
     """
-    if hasattr(model, "layer_decay_ids"):  # a model with its own map (the detectors)
-        return model.layer_decay_ids()
+    if isinstance(model, LayerDecay):
+        return model.layer_decay_ids(num_layers)
     names = [name for name, _ in model.named_parameters()]
-    if isinstance(model, ConvNeXt) and len(model.depths) == 4 and not model.features_only:
-        top = 3 + math.ceil(model.depths[2] / 3) + 1
-        fixed = {"downsample_layers.0": 0, "stages.0": 1, "downsample_layers.1": 2, "stages.1": 2,
-                 "downsample_layers.2": 3, "downsample_layers.3": top - 1, "stages.3": top - 1}
-        ids = {}
-        for name in names:
-            stage2 = re.match(r"stages\.2\.(\d+)\.", name)
-            prefix = ".".join(name.split(".")[:2])
-            ids[name] = 3 + int(stage2.group(1)) // 3 if stage2 else fixed.get(prefix, top)
-        return ids, top
-    if isinstance(model, ConvNeXtIsotropic):
-        top = model.depth + 1
-        ids = {}
-        for name in names:
-            block = re.match(r"blocks\.(\d+)\.", name)
-            ids[name] = 0 if name.startswith("stem.") else int(block.group(1)) + 1 if block else top
-        return ids, top
-    units = dict.fromkeys(_unit(module + ".weight") for module in _forward_order(model, res))
-    order = {unit: i for i, unit in enumerate(units)}
-    ids = {name: order.get(_unit(name), len(order) - 1) for name in names}
+    blocks = dict.fromkeys(block_of(module + ".weight") for module in _forward_order(model, res))
+    order = {block: i for i, block in enumerate(blocks)}
+    ids = {name: order.get(block_of(name), len(order) - 1) for name in names}
     return ids, max(ids.values(), default=0)
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
-                 res: int = 224) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0, num_layers: int | None = None,
+                 *, res: int = 224, group_by_layer: bool = False) -> list[dict]:
     """AdamW groups: no weight decay on biases and 1-D parameters (norms, layer scales); with
-    ``layer_decay < 1`` each depth id also gets ``lr_scale = layer_decay ** (top - id)``."""
-    ids, top = layer_ids(model, res) if layer_decay < 1 else ({}, 0)
+    ``layer_decay < 1`` (or ``group_by_layer``) one pair of groups per layer id (`layer_ids`), with
+    ``lr_scale = layer_decay ** (top - id)``. Groups come in the order of their first parameter.
+
+    A checkpoint stores its optimizer's groups by position, so these rules are frozen: at ``layer_decay`` 1
+    a classifier or detector has the two groups it always had, while segmentation asks for
+    ``group_by_layer`` (mmseg's optimizer constructor splits by layer whatever the decay, and the segmentation
+    runs' checkpoints hold those groups). Frozen parameters (``requires_grad=False``) are left out. ``res`` is
+    the side of the dummy image a foreign model's forward-order fallback runs on (`layer_ids`).
+    """
+    split = layer_decay < 1 or group_by_layer
+    ids, top = layer_ids(model, num_layers, res=res) if split else ({}, 0)
     groups: dict[tuple[int, bool], dict] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -105,14 +89,17 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
     return list(groups.values())
 
 
-
 def build_optimizer(model: nn.Module, *, lr: float, weight_decay: float, layer_decay: float,
-                    betas: tuple[float, float], eps: float = 1e-8, lr_factor: Callable[[int], float],
-                    num_layers: int | None = None
+                    betas: tuple[float, float], lr_factor: Callable[[int], float], eps: float = 1e-8,
+                    num_layers: int | None = None, res: int = 224, group_by_layer: bool = False
                     ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over ``param_groups`` with the schedule ``lr_factor(step)`` (the multiple of the peak ``lr`` at
-    optimizer step ``step``); the schedule steps once per optimizer step."""
-    groups = param_groups(model, weight_decay, layer_decay)
+    """AdamW over `param_groups` (each group at ``lr * lr_scale``) and the task's schedule: ``lr_factor(step)``
+    is the multiple of the peak ``lr`` at optimizer step ``step``; the schedule steps once per optimizer step.
+
+    Every task builds its optimizer here, so that groups, scales and weight decay follow one rule; the task
+    brings only its schedule (classification: warm-up + cosine, `lr_at`; segmentation: poly; detection: steps).
+    """
+    groups = param_groups(model, weight_decay, layer_decay, num_layers, res=res, group_by_layer=group_by_layer)
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)

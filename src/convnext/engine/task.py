@@ -64,7 +64,6 @@ class Task:
     best_key: str = "top1"  # the key metric, as a run's best is stored: best[best_key]
     metric: str = "val_top1"  # its column in a period's row (metrics.jsonl)
     find_unused_parameters: bool = False  # DDP: parts of the model may get no gradient in a step
-    decay_layers: int | None = None  # layer-decay depth override passed to the model's layer ids
     classes: list[str]
 
     def prepare(self, rt: Runtime, say: Say) -> Schedule:
@@ -75,6 +74,11 @@ class Task:
         """The model on ``rt.device``; a ``fresh`` run (nothing to resume) starts from the initial weights the
         config names (fine-tuning, a pre-trained backbone)."""
         raise NotImplementedError
+
+    def optimizer_options(self) -> dict:
+        """Options of `convnext.engine.optim.build_optimizer` besides the settings every run has (e.g. the
+        layer-decay depth ``num_layers``)."""
+        return {}
 
     def peak_lr(self) -> float:
         return self.config.lr

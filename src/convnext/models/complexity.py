@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .protocol import ImageModel
+
 _ACTIVATION_OPS = {torch.ops.aten.convolution.default, torch.ops.aten.addmm.default, torch.ops.aten.mm.default,
                    torch.ops.aten.bmm.default}
 
@@ -37,7 +39,7 @@ def count_params(model: nn.Module) -> int:
 def count_macs_and_activations(model: nn.Module, res: int | tuple[int, int] = 224, in_chans: int | None = None
                                ) -> tuple[int, int]:
     """Multiply-accumulates and activations of one forward pass of one ``res`` x ``res`` (or ``(H, W)``) image."""
-    in_chans = in_chans or getattr(model, "in_chans", 3)
+    in_chans = in_chans or (model.in_chans if isinstance(model, ImageModel) else 3)
     height, width = (res, res) if isinstance(res, int) else res
     x = torch.zeros(1, in_chans, height, width, device=next(model.parameters()).device)  # "meta" works too
     was_training = model.training

@@ -24,7 +24,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
 from ..weights import data_config, download_weights, get_pretrained, list_pretrained, load_checkpoint
+from .layer_decay import hierarchical_ids, isotropic_ids, stage_order_ids
 from .layers import DepthwiseConv2d, DropPath, LayerNorm2d, Pointwise
+from .protocol import ConvNeXtModel, TaskModel
 
 LN_EPS = 1e-6
 
@@ -76,7 +78,7 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
 
     Kept out of ``forward`` (tracers, vmap and compilers see only the network); entry points call it.
     """
-    stride = getattr(model, "stride", 32)
+    stride = model.stride if isinstance(model, ConvNeXtModel) else 32  # a foreign model: the usual 32
     if x.ndim != 4 or x.shape[1] != model.in_chans or x.shape[-1] < stride or x.shape[-2] < stride:
         raise UserError(f"expected an image batch of shape (N, {model.in_chans}, H, W) with H, W >= {stride}, "
                         f"got {tuple(x.shape)}")
@@ -120,13 +122,19 @@ def feature_indices(count: int, indices: int | Sequence[int] | None = None) -> l
     return taken
 
 
-class _Net(nn.Module):
-    """What every ConvNeXt shares: gradient checkpointing, inference fusion, channels_last weights."""
+class ConvNeXtBase(nn.Module):
+    """What every ConvNeXt shares: gradient checkpointing, inference fusion, channels_last weights, and the
+    model protocol (`convnext.models.protocol.ConvNeXtModel`); the roadmap nets build on it too."""
 
     in_chans: int
     stride: int
     features_only: bool = False
     grad_checkpointing: bool = False
+
+    def layer_decay_ids(self, num_layers: int | None = None) -> tuple[dict[str, int], int]:
+        """Layer-wise lr-decay ids without an official map: one per downsampling layer and block, in forward
+        order (`convnext.models.layer_decay.stage_order_ids`); ``num_layers`` is ignored."""
+        return stage_order_ids([name for name, _ in self.named_parameters()])
 
     def _finish(self) -> None:
         self.apply(_init_weights)
@@ -158,8 +166,8 @@ class _Net(nn.Module):
         return fuse(self)
 
 
-class _ClassifierHead:
-    """Pooled LN + linear head and the timm-style API around it (a mixin for `_Net` subclasses).
+class ClassifierHead:
+    """Pooled LN + linear head and the timm-style API around it (a mixin for `ConvNeXtBase` subclasses).
 
     The head keeps the official modules (``norm``: LayerNorm, ``head``: Linear), so checkpoints load
     whatever the pooling; without pooling (``global_pool=""``) both run at every pixel.
@@ -220,7 +228,7 @@ class _ClassifierHead:
 
 
 class _Intermediates:
-    """timm's ``forward_intermediates`` for a `_Net` whose trunk is a chain of steps with one feature map
+    """timm's ``forward_intermediates`` for a `ConvNeXtBase` whose trunk is a chain of steps with one feature map
     each (stages or blocks), as ``feature_info`` lists them; subclasses say how to run and normalise a step.
     (No class-level annotations here: TorchScript would read them as attribute types.)"""
 
@@ -264,10 +272,17 @@ class _Intermediates:
         return maps if intermediates_only else (x, maps)
 
 
-class _Stages(_Intermediates, _Net):
+class _Stages(_Intermediates, ConvNeXtBase):
     """The hierarchical trunk: patchify stem, four stages at strides 4/8/16/32, LN + 2x2 conv downsampling."""
 
     stride = 32
+
+    def layer_decay_ids(self, num_layers: int | None = None) -> tuple[dict[str, int], int]:
+        """The official fine-tuning map of four stages (`convnext.models.layer_decay.hierarchical_ids`: 12 + 1
+        ids for [3, 3, 27, 3]); the forward order for other stage counts; ``num_layers`` is ignored."""
+        if len(self.depths) != 4:
+            return super().layer_decay_ids()
+        return hierarchical_ids([name for name, _ in self.named_parameters()], self.depths)
 
     def __init__(self, depths: Sequence[int], dims: Sequence[int], in_chans: int, drop_path_rate: float,
                  layer_scale_init_value: float | None):
@@ -293,7 +308,7 @@ class _Stages(_Intermediates, _Net):
         return self._run(self.stages[i], self.downsample_layers[i](x))
 
 
-class ConvNeXt(_ClassifierHead, _Stages):
+class ConvNeXt(ClassifierHead, _Stages):
     """Hierarchical ConvNeXt classifier (paper Sec. 2-3); ``forward`` returns logits, always."""
 
     def __init__(self, depths: Sequence[int] = (3, 3, 9, 3), dims: Sequence[int] = (96, 192, 384, 768),
@@ -355,10 +370,15 @@ class ConvNeXtFeatures(_Stages):
         return self.forward_intermediates(x, self.out_indices, norm=True, intermediates_only=True)
 
 
-class ConvNeXtIsotropic(_ClassifierHead, _Intermediates, _Net):
+class ConvNeXtIsotropic(ClassifierHead, _Intermediates, ConvNeXtBase):
     """Isotropic ConvNeXt (paper Sec. 3.3): a 16x16 patchify stem without norm, then one resolution throughout."""
 
     stride = 16
+
+    def layer_decay_ids(self, num_layers: int | None = None) -> tuple[dict[str, int], int]:
+        """The official map: stem 0, block ``i`` is ``i + 1``, norm and head ``depth + 1``; ``num_layers`` is
+        ignored."""
+        return isotropic_ids([name for name, _ in self.named_parameters()], self.depth)
 
     def __init__(self, depth: int = 18, dim: int = 384, in_chans: int = 3, num_classes: int = 1000,
                  drop_path_rate: float = 0.0, layer_scale_init_value: float | None = 0.0,
@@ -494,9 +514,8 @@ def create_model(
 
 def _load_weights(model: nn.Module, source) -> None:
     """Task models (segmentation, detection) read their own checkpoint layouts through ``load_weights``."""
-    own = getattr(model, "load_weights", None)
-    if own is not None:
-        own(source)
+    if isinstance(model, TaskModel):
+        model.load_weights(source)
     else:
         load_checkpoint(model, source)
 

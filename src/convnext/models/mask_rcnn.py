@@ -10,7 +10,6 @@ torchvision's; nothing here re-implements it.
 from __future__ import annotations
 
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +25,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from ..errors import UserError
 from ..weights import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint, read_checkpoint_file
 from .convnext import MODEL_ARCHS, ConvNeXtFeatures
+from .layer_decay import hierarchical_ids
 
 FPN_CHANNELS = 256
 BOX_HEAD_WIDTH = 1024
@@ -36,6 +36,7 @@ SIZES = ("tiny", "small", "base")
 KINDS = {"maskrcnn": MaskRCNN, "fasterrcnn": FasterRCNN}
 # The COCO protocol's test scale (shorter side 800, longer at most 1333): where `convnext info` counts FLOPs.
 TEST_MIN_SIZE, TEST_MAX_SIZE = 800, 1333
+BODY = "backbone.body."  # the ConvNeXt trunk's parameters in a detector
 
 
 class ConvNeXtFPN(nn.Module):
@@ -53,28 +54,6 @@ class ConvNeXtFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), m) for i, m in enumerate(maps)))
 
 
-def backbone_layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
-    """The official layer-wise lr-decay ids of a detector (``decay_type='layer_wise'``): the classifier's map
-    over ``backbone.body`` (stem 0, stage 0 is 1, stage 1 and its downsampling 2, stage 2 in groups of three
-    blocks from 3, stage 3 and its downsampling ``N``: 6 for tiny, 12 for small and base), and ``N + 1``, the
-    full lr, for everything else (the per-stage norms, FPN, RPN, heads)."""
-    depths = model.backbone.body.depths
-    top = 3 + -(-depths[2] // 3) + 1
-    fixed = {"downsample_layers.0": 0, "stages.0": 1, "downsample_layers.1": 2, "stages.1": 2,
-             "downsample_layers.2": 3, "downsample_layers.3": top - 1, "stages.3": top - 1}
-    ids = {}
-    for name, _ in model.named_parameters():
-        inner = name.removeprefix("backbone.body.")
-        stage2 = re.match(r"stages\.2\.(\d+)\.", inner)
-        if inner == name:
-            ids[name] = top
-        elif stage2:
-            ids[name] = 3 + int(stage2.group(1)) // 3
-        else:
-            ids[name] = fixed.get(".".join(inner.split(".")[:2]), top)
-    return ids, top
-
-
 class _DetectorMixin:
     """What our detectors add to torchvision's: the layer-decay map and the backbone's official keys."""
 
@@ -87,8 +66,15 @@ class _DetectorMixin:
         self.transform.min_size = self.train_sizes if mode else (self.test_size,)
         return self
 
-    def layer_decay_ids(self) -> tuple[dict[str, int], int]:
-        return backbone_layer_ids(self)
+    def layer_decay_ids(self, num_layers: int | None = None) -> tuple[dict[str, int], int]:
+        """The official layer-wise map (mmdet's ``decay_type='layer_wise'``): the classifier's
+        (`convnext.models.layer_decay.hierarchical_ids`) over ``backbone.body`` (stage 3 and its downsampling
+        ``N``: 6 for tiny, 12 for small and base), and ``N + 1``, the full lr, for everything else (the
+        per-stage norms, FPN, RPN, heads); ``num_layers`` is ignored (the configs' value is that ``N``)."""
+        names = [name for name, _ in self.named_parameters()]
+        inner = [name.removeprefix(BODY) for name in names if name.startswith(BODY)]
+        body, top = hierarchical_ids(inner, self.backbone.body.depths)
+        return {name: body[name.removeprefix(BODY)] if name.startswith(BODY) else top for name in names}, top
 
     def load_weights(self, checkpoint: str | os.PathLike, key: str | None = None) -> str:
         """Weights from ``checkpoint``: a whole detector (a `convnext detect train` checkpoint) loads strictly;

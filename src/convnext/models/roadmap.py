@@ -50,7 +50,7 @@ from torch import nn
 
 from ..errors import UserError
 from .complexity import count_macs_and_activations, count_params
-from .convnext import LN_EPS, Block, _ClassifierHead, _Net, drop_path_rates, register_model
+from .convnext import LN_EPS, Block, ClassifierHead, ConvNeXtBase, drop_path_rates, register_model
 from .layers import DropPath, LayerNorm2d
 
 EXPANSION = 4
@@ -151,7 +151,7 @@ class RoadmapBlock(nn.Module):
         return self.out_act(self.shortcut(x) + self.drop_path(y))
 
 
-class RoadmapNet(_ClassifierHead, _Net):
+class RoadmapNet(ClassifierHead, ConvNeXtBase):
     """A four-stage network anywhere on the road from ResNet-50 to ConvNeXt-T (see `RoadmapConfig`)."""
 
     stride = 32

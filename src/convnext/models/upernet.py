@@ -17,6 +17,7 @@ from torch import nn
 
 from ..errors import UserError
 from .convnext import MODEL_ARCHS, ConvNeXtFeatures, register_model
+from .layer_decay import stage_wise_ids
 
 PAPER_CHANNELS = 512  # UPerHead width of the official configs
 AUX_CHANNELS = 256
@@ -105,6 +106,14 @@ class UperNet(nn.Module):
     ``aux_loss_weight``). Inputs of any size work; sides that are not multiples of 32 are handled by the
     backbone's flooring and the final resize, as in the official code.
     """
+
+    stride = 32
+
+    def layer_decay_ids(self, num_layers: int | None = None) -> tuple[dict[str, int], int]:
+        """The official stage-wise map (`convnext.models.layer_decay.stage_wise_ids`): backbone downsampling 0,
+        stage ``i`` is ``i + 1``, the rest ``num_layers + 1`` (the configs' ``num_layers``: 6 for tiny-depth
+        backbones, 12 for the deeper ones, unless given)."""
+        return stage_wise_ids([name for name, _ in self.named_parameters()], self.depths, num_layers)
 
     def __init__(self, depths: Sequence[int] = (3, 3, 9, 3), dims: Sequence[int] = (96, 192, 384, 768),
                  num_classes: int = 150, in_chans: int = 3, drop_path_rate: float = 0.0,

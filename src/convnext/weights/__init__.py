@@ -392,10 +392,12 @@ def load_checkpoint(
     when the checkpoint has none. Any other difference raises one error naming the keys, unless
     ``strict=False``, which loads what matches and reports the rest.
     """
+    from ..models.protocol import FeatureBackbone, model_name  # here: the models package imports this one
+
     state_dict = convert_state_dict(read_state_dict(path_or_state_dict, key))
     target = model.state_dict()
     optional: set[str] = set()
-    if getattr(model, "features_only", False):
+    if isinstance(model, FeatureBackbone):
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(("norm.", "head."))}
         optional = {k for k in target if re.match(r"norm\d\.", k)}
     stem_key = "stem.weight" if "stem.weight" in target else "downsample_layers.0.0.weight"
@@ -420,7 +422,7 @@ def load_checkpoint(
         for k, v in state_dict.items() if k in target and v.shape != target[k].shape
     )
     if mismatched or (strict and (missing or unexpected)):
-        name = getattr(model, "model_name", type(model).__name__)
+        name = model_name(model)
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if items:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..models.protocol import model_name
 from . import (
     _HF_RULES,
     LABEL_SETS,
@@ -139,7 +140,7 @@ def load_segmentation_checkpoint(model: nn.Module, source: str | os.PathLike | M
     wrong = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
                    for k, v in state_dict.items() if k in target and v.shape != target[k].shape)
     if wrong or (strict and (missing or unexpected)):
-        parts = [f"checkpoint does not fit {getattr(model, 'model_name', type(model).__name__)}:"]
+        parts = [f"checkpoint does not fit {model_name(model)}:"]
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if items:
                 parts.append(f"  {label} keys: " + ", ".join(items[:8])

@@ -10,7 +10,7 @@ from PIL import Image
 from convnext import UserError
 from convnext.cli import main
 from convnext.tasks.segmentation import UperNet
-from convnext.tasks.segmentation.config import fit_segmentation_run, poly_factor, seg_config, stage_ids
+from convnext.tasks.segmentation.config import fit_segmentation_run, poly_factor, seg_config
 from convnext.tasks.segmentation.model import segmentation_loss
 from convnext.tasks.segmentation.train import train_segmentation
 
@@ -57,7 +57,7 @@ def test_recipe_is_the_papers_and_fits_short_runs():
     kept = seg_config("ade20k", iters=1600, warmup_iters=100)
     fit_segmentation_run(kept)
     assert kept.warmup_iters == 100
-    with pytest.raises(UserError, match="num_classes must be at most 255"):
+    with pytest.raises(UserError, match=r"setting num_classes=300: must be in \[2, 255\]"):
         seg_config("ade20k", num_classes=300)
     with pytest.raises(UserError, match="bad setting"):
         seg_config("ade20k", ["nonsense=1"])
@@ -69,7 +69,7 @@ def test_poly_schedule_with_warmup_and_stage_wise_decay():
     assert poly_factor(1500, config, 160_000) == pytest.approx(1 - 1500 / 160_000)
     assert poly_factor(160_000, config, 160_000) == 0.0
     model = UperNet(num_classes=3, depths=(3, 3, 9, 3), dims=(8, 16, 24, 32), channels=8, aux_channels=8)
-    ids, top = stage_ids(model, None)
+    ids, top = model.layer_decay_ids()
     assert top == 7  # the tiny config's num_layers 6, plus one
     assert ids["backbone.downsample_layers.2.1.weight"] == 0 and ids["backbone.stages.3.0.gamma"] == 4
     assert ids["decode_head.conv_seg.weight"] == top and ids["backbone.norm2.weight"] == top
@@ -90,7 +90,8 @@ def test_a_run_writes_its_files_skips_bad_samples_and_resumes_exactly(tmp_path):
     said = []
     whole = train_segmentation(_config(data, tmp_path / "whole"), log=said.append)
     assert whole["final"]["iter"] == 4 and whole["best_miou"] is not None
-    assert whole["skipped"] == ["train/images/s0.png"]
+    assert [name.split(": ")[0] for name in whole["skipped_images"]] == ["train/images/s0.png"]
+    assert "label 7" in whole["skipped_images"][0]  # with the reason
     assert any("skipped 1 unusable" in line and "label 7" in line for line in said)
     for name in ("last.pt", "best.pt", "metrics.jsonl", "summary.json", "curves.png", "config.json"):
         assert (tmp_path / "whole" / name).is_file()
@@ -144,7 +145,7 @@ def test_cli_train_evaluate_predict_and_one_line_errors(tmp_path, capsys):
     assert main(["segment", "train", "--data", str(data), "--output", str(run), "--num-classes", "3", "--iters",
                  "2", "--batch-size", "2", "--workers", "0", "--device", "cpu", "--set", "crop=32", "scale=[64,32]",
                  "amp=false", "eval_every=2", f"model_args={tiny}"]) == 0
-    assert "the run is complete (2 iterations)" in capsys.readouterr().out
+    assert "already holds a finished 2-iteration run" in capsys.readouterr().out
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(data / "val" / "masks" / "s1.png")
     capsys.readouterr()
     assert main(["segment", "evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(data)]) == 2

@@ -105,6 +105,9 @@ class ClassificationTask(Task):
             model.to(memory_format=torch.channels_last)
         return model
 
+    def optimizer_options(self) -> dict:
+        return dict(res=self.config.res)  # the input size of a foreign model's layer-order probe
+
     def peak_lr(self) -> float:
         return self.lr
 

@@ -94,7 +94,7 @@ def evaluate_detector(model: nn.Module, data: CocoData, *, device: torch.device 
                                              progress=progress)
     out = dict(bbox=coco_scores(data.coco, results, scored, "bbox"), images=len(scored),
                detections=len(results), unreadable=[data.describe(i) for i in unreadable])
-    if getattr(model, "roi_heads", None) is not None and model.roi_heads.has_mask():
+    if model.roi_heads.has_mask():  # our detectors are torchvision's: Mask R-CNN's RoI heads have a mask head
         out["segm"] = coco_scores(data.coco, results, scored, "segm")
     return out
 

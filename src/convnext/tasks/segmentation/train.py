@@ -41,7 +41,6 @@ class SegmentationTask(Task):
 
     def __init__(self, config: SegConfig):
         self.config = config
-        self.decay_layers = config.decay_layers
         self.classes = [str(i) for i in range(config.num_classes)]
 
     def prepare(self, rt: Runtime, say: Say) -> Schedule:
@@ -76,6 +75,10 @@ class SegmentationTask(Task):
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
+
+    def optimizer_options(self) -> dict:
+        """The configs' layer-decay depth; a group per stage even without decay, as runs always had."""
+        return dict(num_layers=self.config.decay_layers, group_by_layer=True)
 
     def lr_factor(self, step: int) -> float:
         return poly_factor(step, self.config, self.config.iters)
