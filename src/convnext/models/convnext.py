@@ -8,6 +8,7 @@ weights are created in, so that the block's permutes cost nothing.
 """
 
 import fnmatch
+import importlib
 import os
 from collections.abc import Callable, Sequence
 
@@ -254,11 +255,15 @@ MODEL_ARCHS: dict[str, tuple[type[nn.Module], dict]] = {
     "convnext_isotropic_large": (ConvNeXtIsotropic, dict(depth=36, dim=1024, layer_scale_init_value=1e-6)),
 }
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_BUILDERS: dict[str, Callable[..., nn.Module] | str] = {}
 
 
-def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
-    """Make ``builder(**overrides)`` available to ``create_model(name)``."""
+def register_model(name: str, builder: Callable[..., nn.Module] | str) -> None:
+    """Make ``builder(**overrides)`` available to ``create_model(name)``.
+
+    ``builder`` may be the name of the module that registers ``name`` when it is imported: the name is listed
+    at once and the module imported on the first build (re-registering keeps a name's place in the list).
+    """
     _BUILDERS[name] = builder
 
 
@@ -280,6 +285,21 @@ def _builder(cls: type[nn.Module], defaults: dict) -> Callable[..., nn.Module]:
 for _name, (_cls, _defaults) in MODEL_ARCHS.items():
     register_model(_name, _builder(_cls, _defaults))
 
+# The roadmap and the task models register themselves when their module is imported. Their names are known here,
+# so that listing them imports nothing (the detectors' module imports torchvision's detection models).
+_ROADMAP_STEPS = ("resnet50", "stage_ratio", "patchify_stem", "resnextify", "inverted_bottleneck", "move_up_dwconv",
+                  "kernel_5", "kernel_7", "kernel_9", "kernel_11", "gelu", "fewer_activations", "fewer_norms",
+                  "layer_norm", "separate_downsampling")
+LAZY_MODELS: dict[str, list[str]] = {
+    "convnext.models.roadmap": [f"roadmap_{step}" for step in _ROADMAP_STEPS],
+    "convnext.models.mask_rcnn": [f"{kind}_convnext_{size}" for kind in ("maskrcnn", "fasterrcnn")
+                                  for size in ("tiny", "small", "base")],
+    "convnext.models.upernet": [f"upernet_convnext_{size}" for size in ("tiny", "small", "base", "large", "xlarge")],
+}
+for _module, _names in LAZY_MODELS.items():
+    for _name in _names:
+        register_model(_name, _module)
+
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern, in registration order."""
@@ -292,8 +312,14 @@ def build_model(name: str, **overrides) -> nn.Module:
         close = [n for n in _BUILDERS if name.split("_")[-1] in n][:5]
         hint = f" Did you mean one of {close}?" if close else ""
         raise UserError(f"unknown model {name!r}.{hint} `convnext models` lists them all.")
+    builder = _BUILDERS[name]
+    if isinstance(builder, str):  # a name registered ahead of its module: importing it registers the builder
+        importlib.import_module(builder)
+        if isinstance(_BUILDERS[name], str):
+            raise RuntimeError(f"importing {builder} did not register {name}")
+        builder = _BUILDERS[name]
     try:
-        model = _BUILDERS[name](**overrides)
+        model = builder(**overrides)
     except TypeError as err:
         raise UserError(f"invalid option for {name}: {err}") from None
     model.model_name = name
