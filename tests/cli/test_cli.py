@@ -34,10 +34,11 @@ def test_user_error_is_one_line_without_traceback():
 
 
 def test_train_fits_the_recipe_unless_one_is_named(monkeypatch, tmp_path):
-    import convnext.cli.root as cli
+    import importlib
 
+    training = importlib.import_module("convnext.tasks.classification.train")  # `convnext train` calls it there
     seen = []
-    monkeypatch.setattr(cli, "train", lambda config, resume: seen.append(config))
+    monkeypatch.setattr(training, "train", lambda config, resume: seen.append(config))
     common = ["train", "--data", str(tmp_path), "--epochs", "15", "--set", "ema=true", "mixup=0.5"]
     assert main(common) == 0 and main([*common, "--recipe", "in1k"]) == 0
     fitted, named = seen
@@ -100,3 +101,34 @@ def test_a_terminal_without_unicode_gets_escapes_not_a_crash(tmp_path):
                            "--model", "convnext_atto", "--device", "cpu"], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "caf\\xe9_\\u2615.png" in proc.stdout
+
+
+def test_every_command_builds_its_arguments(capsys):
+    """Arguments are added when a command is chosen: each command's --help builds them."""
+    import pytest
+
+    commands = ["models", "info", "demo", "train", "evaluate", "predict", "export", "roadmap", "benchmark",
+                "robustness", "quantize", "segment", "detect", *(["segment", a] for a in ("train", "evaluate",
+                "predict")), *(["detect", a] for a in ("train", "evaluate", "predict", "demo"))]
+    for command in commands:
+        argv = [command] if isinstance(command, str) else command
+        with pytest.raises(SystemExit) as done:
+            main([*argv, "--help"])
+        assert done.value.code == 0, argv
+        assert capsys.readouterr().out.startswith(f"usage: convnext {' '.join(argv)} "), argv
+    with pytest.raises(SystemExit) as done:
+        main(["detect", "train", "--set", "drop_path=0.2", "layer_decay=0.9", "--set"])
+    assert done.value.code == 2 and "expected at least one argument" in capsys.readouterr().err
+
+
+def test_one_device_parser():
+    import pytest
+    import torch
+
+    from convnext.cli.common import parse_device
+    from convnext.errors import UserError
+
+    assert parse_device("cpu") == torch.device("cpu")
+    assert parse_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="invalid --device 'gpu0'"):
+        parse_device("gpu0")

@@ -1,4 +1,4 @@
-"""The model protocol (`convnext.models.protocol`): every registered model of ours follows it, and the entry
+"""The model protocol (`convnext.protocol`): every registered model of ours follows it, and the entry
 points give the attributes they promise."""
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 
 import convnext  # noqa: F401 - registers every model: roadmap, UperNet, detectors
 from convnext.models import ConvNeXt, ConvNeXtFeatures, build_model, check_input, create_model, list_models
-from convnext.models.protocol import (
+from convnext.models.upernet import UperNet
+from convnext.protocol import (
     ConvNeXtModel,
     FeatureBackbone,
     FromRun,
@@ -18,7 +19,6 @@ from convnext.models.protocol import (
     TaskModel,
     model_name,
 )
-from convnext.models.upernet import UperNet
 
 OURS = list_models()  # at collection: the package's own names only (tests register theirs while running)
 TASKS = ("upernet_", "maskrcnn_", "fasterrcnn_")

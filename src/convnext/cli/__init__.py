@@ -1,5 +1,26 @@
-"""The ``convnext`` command: one module per command group."""
+"""The ``convnext`` command: the root parser here, what commands share in `common`, one module per command group
+(`models`, `classify`, `deploy`, `segment`, `detect`, `robustness`), each importing only `common`."""
 
-from .root import build_parser, main
+from __future__ import annotations
 
-__all__ = ["build_parser", "main"]
+import argparse
+from collections.abc import Sequence
+
+from . import classify, deploy, detect, models, robustness, segment
+from .common import commands, run, tolerant_output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convnext", description="ConvNeXt models: build, train, evaluate, "
+                                     "benchmark and export (A ConvNet for the 2020s).")
+    sub = commands(parser, dest="command", metavar="COMMAND")
+    for add in (models.add_models, models.add_info, classify.add_demo, classify.add_train, classify.add_evaluate,
+                classify.add_predict, deploy.add_export, models.add_roadmap, deploy.add_benchmark,
+                robustness.add_parser, segment.add_parser, detect.add_parser, deploy.add_quantize):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    tolerant_output()
+    return run(build_parser().parse_args(argv))

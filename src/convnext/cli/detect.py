@@ -10,13 +10,28 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..tasks.detection.config import RECIPES, resolve_detect_config
+from .common import Commands, add_device, add_output, add_settings, commands, parse_device
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a detector (rerunning the same command resumes it)",
-                       description="Train Mask R-CNN / Faster R-CNN with a ConvNeXt backbone on COCO-format data "
-                       "(DIR/images + DIR/instances_*.json). Without --data: the built-in demo set.")
+def add_parser(sub: Commands) -> None:
+    what = "object detection and instance segmentation: Mask R-CNN with a ConvNeXt backbone on COCO-format data"
+    sub.add("detect", _tasks, help=what, description=what)
+
+
+def _tasks(p: argparse.ArgumentParser) -> None:
+    tasks = commands(p, dest="task", metavar="TASK")
+    tasks.add("train", _train_args, help="train a detector (rerunning the same command resumes it)",
+              description="Train Mask R-CNN / Faster R-CNN with a ConvNeXt backbone on COCO-format data "
+              "(DIR/images + DIR/instances_*.json). Without --data: the built-in demo set.")
+    tasks.add("evaluate", _evaluate_args, help="COCO box and mask AP of a detector checkpoint")
+    tasks.add("predict", _predict_args, help="detect objects in images: drawn pictures and COCO-format results json")
+    tasks.add("demo", _demo_args, help="train a small Mask R-CNN on real handwritten digits pasted on real photos "
+              "(a few minutes on a CPU), score it and draw its predictions")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from ..tasks.detection.config import RECIPES
+
     p.add_argument("--data", metavar="DIR", help="COCO-format training set: a folder or its instances json")
     p.add_argument("--val-data", metavar="DIR", help="COCO-format validation set (box and mask AP every epoch)")
     p.add_argument("--recipe", choices=list(RECIPES), help="coco_3x (default with --data), coco_1x, or demo "
@@ -26,25 +41,27 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", metavar="CKPT", help="classification weights for the backbone, any layout "
                    "(the official detection code starts from the non-EMA ImageNet-1K weights)")
     p.add_argument("--backbone-key", metavar="KEY", help="entry of CKPT to read, e.g. model_ema (default: model)")
-    p.add_argument("--output", metavar="RUN_DIR", help="run folder (default runs/detect-<recipe>-<model>)")
+    add_output(p, "run folder (default runs/detect-<recipe>-<model>)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="images per device and step")
     p.add_argument("--lr", type=float)
     p.add_argument("--workers", type=int)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    add_device(p, "auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--fit-to-run", action="store_true", help="fit the lr steps and warm-up to a run of other "
                    "length than the recipe's (every change is printed)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any other setting, e.g. "
-                   "drop_path=0.2, layer_decay=0.9, model_args='{\"dims\": [...]}' (repeatable)")
+    add_settings(p, "any other setting, e.g. drop_path=0.2, layer_decay=0.9, model_args='{\"dims\": [...]}' "
+                 "(several after one --set; --set may repeat)")
     p.add_argument("--restart", action="store_true", help="replace the run in the output folder")
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
+    from ..tasks.detection.config import resolve_detect_config
     from ..tasks.detection.train import train_detector
 
     recipe = args.recipe or ("coco_3x" if args.data else "demo")
-    config = resolve_detect_config(recipe, args.set, model=args.model, data=args.data, val_data=args.val_data,
+    # the device goes to the run's configuration as given: the runtime resolves it (auto, cuda:LOCAL_RANK)
+    config = resolve_detect_config(recipe, args.settings, model=args.model, data=args.data, val_data=args.val_data,
                                    output=args.output, backbone=args.backbone, backbone_key=args.backbone_key,
                                    epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                    workers=args.workers, device=args.device, fit_to_run=args.fit_to_run or None)
@@ -52,12 +69,11 @@ def _train(args: argparse.Namespace) -> int:
     return 0 if summary["final"] is not None else 1
 
 
-def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="COCO box and mask AP of a detector checkpoint")
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint of `convnext detect train`")
     p.add_argument("--data", required=True, metavar="DIR", help="COCO-format folder or instances json")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    add_device(p, "cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_evaluate)
 
@@ -66,11 +82,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..tasks.detection.data import CocoData
     from ..tasks.detection.evaluate import evaluate_detector, format_scores
     from ..tasks.detection.predict import load_detector
-    from .root import _parse_device
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    device = _parse_device(args.device)
+    device = parse_device(args.device)
     model, classes, cat_ids = load_detector(args.checkpoint)
     data = CocoData(args.data, train=False)
     if data.cat_ids != cat_ids:
@@ -89,14 +104,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="detect objects in images: drawn pictures and COCO-format results json")
+def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint of `convnext detect train`")
-    p.add_argument("--output", metavar="DIR", help="write <name>.pred.png for each image here")
+    add_output(p, "write <name>.pred.png for each image here", metavar="DIR")
     p.add_argument("--score", type=float, default=0.5, help="lowest score kept (default 0.5)")
     p.add_argument("--annotations", metavar="JSON", help="a COCO json listing the images: its image ids are used")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    add_device(p, "cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--json", metavar="FILE", help="write the detections in COCO results format ('-': stdout)")
     p.set_defaults(func=_predict)
 
@@ -106,7 +120,6 @@ def _predict(args: argparse.Namespace) -> int:
     from ..tasks.classification.predict import find_images
     from ..tasks.detection.data import read_json
     from ..tasks.detection.predict import load_detector, predict_files
-    from .root import _parse_device
 
     if not 0 <= args.score <= 1:
         raise UserError(f"--score must be in [0, 1], got {args.score}")
@@ -114,7 +127,7 @@ def _predict(args: argparse.Namespace) -> int:
     image_ids = None
     if args.annotations:
         image_ids = {Path(i["file_name"]).name: i["id"] for i in read_json(Path(args.annotations))["images"]}
-    device = _parse_device(args.device)
+    device = parse_device(args.device)
     model, classes, cat_ids = load_detector(args.checkpoint)
     records, errors = predict_files(model.to(device), files, classes, cat_ids,
                                     out_dir=Path(args.output) if args.output else None, score=args.score,
@@ -136,32 +149,27 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="train a small Mask R-CNN on real handwritten digits pasted on real photos "
-                       "(a few minutes on a CPU), score it and draw its predictions")
-    p.add_argument("--output", metavar="DIR", default="runs/detect-demo")
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    add_output(p, metavar="DIR", default="runs/detect-demo")
     p.add_argument("--restart", action="store_true")
     p.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from ..tasks.detection.config import resolve_detect_config
     from ..tasks.detection.demo import COUNTS, draw_demo, pretrain_backbone
+    from ..tasks.detection.predict import load_detector
     from ..tasks.detection.train import train_detector
 
     start = time.perf_counter()
-    backbone = pretrain_backbone(Path(args.output) / "backbone", print)
+    output = Path(args.output)
+    backbone = pretrain_backbone(output / "backbone", print)
     config = resolve_detect_config("demo", output=args.output, backbone=str(backbone))
     summary = train_detector(config, resume=not args.restart)
-    figure = draw_demo(Path(args.output))
+    model, classes, _ = load_detector(output / "best.pt" if (output / "best.pt").is_file() else output / "last.pt")
+    figure = draw_demo(output, model, classes)
     ap = summary["final"]["box_ap"]
     print(f"demo: box AP {ap:.1f}, mask AP {summary['final'].get('mask_ap', 0):.1f} on {COUNTS['val']} held-out images "
           f"(synthetic composites, not COCO); predictions drawn in {figure}; {time.perf_counter() - start:.0f}s")
     return 0 if ap > 5 else 1
 
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    what = "object detection and instance segmentation: Mask R-CNN with a ConvNeXt backbone on COCO-format data"
-    p = sub.add_parser("detect", help=what, description=what)
-    tasks = p.add_subparsers(dest="task", required=True, metavar="TASK")
-    for add in (_add_train, _add_evaluate, _add_predict, _add_demo):
-        add(tasks)

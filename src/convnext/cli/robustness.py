@@ -9,16 +9,18 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..tasks.loading import load_model
-from ..tasks.robustness import SEVERITIES, SUITES, evaluate_robustness, format_table, plot_severity, write_json
-from ..tasks.robustness.demo import DEMO_MODELS, demo_subjects
-from ..tasks.robustness.runner import Subject, identity_of
+from .common import Commands, add_device, add_output, parse_device
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Commands) -> None:
     what = ("ImageNet-C mCE, C-bar, A, R and Sketch (the paper's Table 8) for any model; corruptions made on the "
             "fly for any data set; --demo on the digits")
-    p = sub.add_parser("robustness", help=what, description=what)
+    sub.add("robustness", _args, help=what, description=what)
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    from ..tasks.robustness.suites import SUITES
+
     p.add_argument("--checkpoint", metavar="CKPT", help="weights of any supported layout")
     p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
                    help="released weights of --model instead (the default tag when TAG is left out)")
@@ -34,12 +36,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "mCE; speckle_noise, gaussian_blur, spatter, saturate may be added)")
     p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated, 1-5 (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly corruptions (default 0)")
-    p.add_argument("--output", metavar="DIR", help="results folder, reused when rerun (default runs/robustness, "
-                   "runs/robustness-demo with --demo)")
+    add_output(p, "results folder, reused when rerun (default runs/robustness, runs/robustness-demo with --demo)",
+               metavar="DIR")
     p.add_argument("--restart", action="store_true", help="ignore results stored in the output folder")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    add_device(p)
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     p.add_argument("--plot", metavar="FILE", help="error against severity per corruption (.png, .pdf, .svg)")
     p.add_argument("--demo", action="store_true", help="train the digits demo's ConvNeXt and ResNet baseline "
@@ -47,7 +49,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _subject(label: str, checkpoint: str | None, model: str | None, pretrained: bool | str = False) -> Subject:
+def _subject(label: str, checkpoint: str | None, model: str | None, pretrained: bool | str = False):
+    from ..tasks.loading import load_model
+    from ..tasks.robustness.runner import Subject, identity_of
+
     if checkpoint is None and not pretrained and (model is None or "." not in model):
         raise UserError("give --checkpoint CKPT, or --model with --pretrained [TAG] (or --demo)")
     if model is None and checkpoint is None:
@@ -66,6 +71,8 @@ def _list(text: str | None, kind=str) -> list | None:
 
 
 def _suites(args: argparse.Namespace) -> dict[str, str | None]:
+    from ..tasks.robustness.suites import SUITES
+
     names = _list(args.suite)
     unknown = [name for name in names if name not in SUITES]
     if unknown or not names:
@@ -82,32 +89,18 @@ def _suites(args: argparse.Namespace) -> dict[str, str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .root import _parse_device  # the CLI's one device parser (imported late: cli.py imports this module)
+    from ..tasks.robustness import SEVERITIES, evaluate_robustness, format_table, plot_severity, write_json
 
     start = time.perf_counter()
     if args.batch_size < 1 or args.workers < 0:
         raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
                         f"{args.workers}")
     quiet = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
-    if args.demo and (args.checkpoint or args.pretrained or args.baseline or args.data):
-        raise UserError("--demo trains and scores its own two models on the digits: leave out the weights and --data")
-    if args.demo:
-        output = Path(args.output or "runs/robustness-demo")
-        quiet(f"demo: training {' and '.join(DEMO_MODELS)} on the digits (once; kept in {output})")
-        subjects = demo_subjects(output, log=lambda text: None)
-        suites: dict[str, str | None] = {"c": None}
-    else:
-        output = Path(args.output or "runs/robustness")
-        suites = _suites(args)
-        subjects = [_subject("model", args.checkpoint, args.model, args.pretrained)]
-        if args.plot and not {"c", "cbar"} & set(suites):
-            raise UserError("--plot draws error against severity: it needs suite c or cbar")
-        if args.baseline:
-            subjects.append(_subject("baseline", args.baseline, args.baseline_model))
+    output, suites, subjects = _demo(args, quiet) if args.demo else _given(args)
     report = evaluate_robustness(subjects[0], suites, baseline=subjects[1] if len(subjects) > 1 else None,
                                  output=output / "results", corruptions=_list(args.corruptions),
                                  severities=tuple(_list(args.severities, int) or SEVERITIES), seed=args.seed,
-                                 batch_size=args.batch_size, workers=args.workers, device=_parse_device(args.device),
+                                 batch_size=args.batch_size, workers=args.workers, device=parse_device(args.device),
                                  restart=args.restart)
     write_json(report, output / "robustness.json")
     plot = args.plot or (output / "severity.png" if args.demo else None)
@@ -119,6 +112,29 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(report["summary"]))
         print(f"\nreport: {output / 'robustness.json'}" + (f"; plot: {plot}" if plot else ""))
     return _demo_verdict(report, time.perf_counter() - start, quiet) if args.demo else 0
+
+
+def _demo(args: argparse.Namespace, say) -> tuple[Path, dict[str, str | None], list]:
+    """--demo: the output folder, the suites and the two models the demo trains (once) and scores."""
+    from ..tasks.robustness.demo import DEMO_MODELS, demo_subjects
+
+    if args.checkpoint or args.pretrained or args.baseline or args.data:
+        raise UserError("--demo trains and scores its own two models on the digits: leave out the weights and --data")
+    output = Path(args.output or "runs/robustness-demo")
+    say(f"demo: training {' and '.join(DEMO_MODELS)} on the digits (once; kept in {output})")
+    return output, {"c": None}, demo_subjects(output, log=lambda text: None)
+
+
+def _given(args: argparse.Namespace) -> tuple[Path, dict[str, str | None], list]:
+    """The output folder, the suites and the model (and baseline) the command line names."""
+    output = Path(args.output or "runs/robustness")
+    suites = _suites(args)
+    subjects = [_subject("model", args.checkpoint, args.model, args.pretrained)]
+    if args.plot and not {"c", "cbar"} & set(suites):
+        raise UserError("--plot draws error against severity: it needs suite c or cbar")
+    if args.baseline:
+        subjects.append(_subject("baseline", args.baseline, args.baseline_model))
+    return output, suites, subjects
 
 
 def _demo_verdict(report: dict, seconds: float, say) -> int:

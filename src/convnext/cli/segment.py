@@ -9,20 +9,19 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from ..tasks.segmentation.config import SEG_RECIPES, seg_config
-from ..tasks.segmentation.data import IMAGE_SUFFIXES, segmentation_folder
-from ..tasks.segmentation.evaluate import evaluate_segmentation
-from ..tasks.segmentation.predict import load_segmentation_model, predict_folder
-from ..tasks.segmentation.train import train_segmentation
+from .common import Commands, add_device, add_output, add_settings, commands, parse_device
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: Commands) -> None:
     what = "semantic segmentation: UperNet on ConvNeXt, the paper's ADE20K protocol (train, evaluate, predict)"
-    p = sub.add_parser("segment", help=what, description=what)
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    _add_train(actions)
-    _add_evaluate(actions)
-    _add_predict(actions)
+    sub.add("segment", _actions, help=what, description=what)
+
+
+def _actions(p: argparse.ArgumentParser) -> None:
+    actions = commands(p, dest="action", metavar="ACTION")
+    actions.add("train", _train_args, help="train UperNet (rerunning the same command resumes it)")
+    actions.add("evaluate", _evaluate_args, help="mIoU, mAcc, aAcc and per-class IoU on a labelled folder")
+    actions.add("predict", _predict_args, help="label maps (PNG) and colour overlays for images")
 
 
 def _weights_args(p: argparse.ArgumentParser) -> None:
@@ -33,11 +32,12 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
                    help="released ADE20K weights of --model (ade20k, ade20k_in22k)")
     p.add_argument("--num-classes", type=int, help="classes (default: the checkpoint's)")
     p.add_argument("--multi-scale", action="store_true", help="also ratios 0.5-1.75 with flips (the paper's MS)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    add_device(p, "cpu, cuda, cuda:1, ... (default cpu)", default="cpu")
 
 
-def _add_train(actions) -> None:
-    p = actions.add_parser("train", help="train UperNet (rerunning the same command resumes it)")
+def _train_args(p: argparse.ArgumentParser) -> None:
+    from ..tasks.segmentation.config import SEG_RECIPES
+
     p.add_argument("--data", metavar="DIR", help="an ADE20K tree (images/training, annotations/training, ...) or "
                    "a folder with images/ and masks/ (optionally under train/ and val/)")
     p.add_argument("--val-data", metavar="DIR", help="validation folder (default: the validation split of --data)")
@@ -50,12 +50,11 @@ def _add_train(actions) -> None:
                    "evaluation to its length and says so)")
     p.add_argument("--batch-size", type=int, help="images per step and process (default 16)")
     p.add_argument("--lr", type=float, help="peak lr (default 1e-4)")
-    p.add_argument("--output", metavar="RUN_DIR", help="run folder (default runs/segment-<recipe>)")
+    add_output(p, "run folder (default runs/segment-<recipe>)")
     p.add_argument("--workers", type=int, help="DataLoader workers (default 4)")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--set", dest="settings", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="other settings of convnext.tasks.segmentation.config.SegConfig, e.g. --set crop=640 "
-                   "aux_weight=0.4")
+    add_device(p, "cpu, cuda, ... (default: cuda when available)")
+    add_settings(p, "other settings of convnext.tasks.segmentation.config.SegConfig, e.g. --set crop=640 "
+                 "aux_weight=0.4")
     p.add_argument("--restart", action="store_true", help="replace the run in the output folder")
     p.add_argument("--demo", action="store_true", help="the built-in demo: scenes cut from real photos, a small "
                    "UperNet trained from scratch on the CPU, then evaluated single- and multi-scale")
@@ -67,6 +66,10 @@ def _train(args: argparse.Namespace) -> int:
         from ..tasks.segmentation.demo import run_demo
 
         return run_demo(args.output or "runs/segment-demo", restart=args.restart, device=args.device or "cpu")
+    from ..tasks.segmentation.config import seg_config
+    from ..tasks.segmentation.train import train_segmentation
+
+    # the device goes to the run's configuration as given: the runtime resolves it (auto, cuda:LOCAL_RANK)
     config = seg_config(args.recipe or "ade20k", args.settings, data=args.data, val_data=args.val_data,
                         model=args.model, pretrained=args.pretrained, num_classes=args.num_classes,
                         iters=args.iters, batch_size=args.batch_size, lr=args.lr, output=args.output,
@@ -78,8 +81,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_evaluate(actions) -> None:
-    p = actions.add_parser("evaluate", help="mIoU, mAcc, aAcc and per-class IoU on a labelled folder")
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
     _weights_args(p)
     p.add_argument("--data", metavar="DIR", required=True, help="ADE20K tree or images/ + masks/ folder")
     p.add_argument("--split", choices=("val", "train"), default="val", help="which split of --data (default val)")
@@ -94,22 +96,32 @@ def _score_line(label: str, scores: dict) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from ..tasks.segmentation.data import segmentation_folder
+    from ..tasks.segmentation.evaluate import evaluate_segmentation
+    from ..tasks.segmentation.predict import load_segmentation_model
+
     source = segmentation_folder(args.data, args.split)  # a wrong folder fails before any download
+    device = parse_device(args.device)
     model, settings = load_segmentation_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
                                               num_classes=args.num_classes)
     settings.mode = args.mode
-    model.to(args.device)
+    model.to(device)
     results = {}
     for multi in (False, True) if args.multi_scale else (False,):
         start = time.perf_counter()
         results["multi_scale" if multi else "single_scale"] = scores = evaluate_segmentation(
-            model, source, model.num_classes, settings=settings, multi_scale=multi, device=args.device)
+            model, source, model.num_classes, settings=settings, multi_scale=multi, device=device)
         scores["time_s"] = time.perf_counter() - start
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
     print(f"{len(source)} images, {model.num_classes} classes, {settings.mode} (crop {settings.crop}, stride "
           f"{settings.stride}, scale {settings.scale[0]}x{settings.scale[1]})")
+    _print_scores(results)
+    return 0
+
+
+def _print_scores(results: dict) -> None:
     for key, scores in results.items():
         label = "single-scale" if key == "single_scale" else "multi-scale 0.5-1.75 + flip"
         print(_score_line(label, scores) + f"  ({scores['time_s']:.1f}s)")
@@ -118,18 +130,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     skipped = results["single_scale"]["skipped"]
     if skipped:
         print(f"skipped {len(skipped)} unreadable file{'s' * (len(skipped) != 1)}: " + "; ".join(skipped[:5]))
-    return 0
 
 
-def _add_predict(actions) -> None:
-    p = actions.add_parser("predict", help="label maps (PNG) and colour overlays for images")
+def _predict_args(p: argparse.ArgumentParser) -> None:
     _weights_args(p)
     p.add_argument("inputs", nargs="+", help="images or folders of images")
-    p.add_argument("--output", default="predictions", metavar="DIR", help="where to write (default predictions/)")
+    add_output(p, "where to write (default predictions/)", metavar="DIR", default="predictions")
     p.set_defaults(func=_predict)
 
 
 def _images(inputs: list[str]) -> list[Path]:
+    from ..tasks.segmentation.data import IMAGE_SUFFIXES
+
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -144,12 +156,15 @@ def _images(inputs: list[str]) -> list[Path]:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from ..tasks.segmentation.predict import load_segmentation_model, predict_folder
+
     images = _images(args.inputs)
+    device = parse_device(args.device)
     model, settings = load_segmentation_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained,
                                               num_classes=args.num_classes)
-    model.to(args.device)
+    model.to(device)
     results = predict_folder(model, images, args.output, settings, num_classes=model.num_classes,
-                             multi_scale=args.multi_scale, device=args.device)
+                             multi_scale=args.multi_scale, device=device)
     failed = [row for row in results if "error" in row]
     for row in results:
         if "error" in row:

@@ -31,7 +31,7 @@ from ..files import atomic_path
 from ..models.convnext import check_input
 from ..models.kernels import DECOMPOSITIONS
 from ..models.layers import as_plain_convs
-from ..models.protocol import FromRun, Preprocessed, model_name
+from ..protocol import FromRun, Preprocessed, model_name
 from ..tasks.loading import load_model
 from ..weights import data_config, save_weights
 

@@ -9,14 +9,13 @@ says why this toolchain and not PT2E/Inductor or ONNX Runtime's QDQ, with the me
 
 The artefact is OpenVINO IR: ``FILE.xml`` (the graph, with the model's name, class names and
 preprocessing in its ``rt_info``) and ``FILE.bin`` (the weights), written atomically, ``.bin`` first.
-`QuantizedModel` runs it like one of our models (images in, logits out), so ``predict``, ``evaluate`` and
-``benchmark`` take it through ``load_model``.
+`QuantizedModel` (in `convnext.weights.int8`, which reads the files back) runs it like one of our models
+(images in, logits out), so ``predict``, ``evaluate`` and ``benchmark`` take it through ``load_model``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -32,20 +31,12 @@ from ..data.images import eval_transform, load_image
 from ..errors import UserError
 from ..files import atomic_path
 from ..tasks.classification.predict import find_images
+from ..weights.int8 import _RT_KEY, BACKENDS, SUFFIX, QuantizedModel, load_quantized, require_backend
 
-BACKENDS = ("openvino",)
+__all__ = ["BACKENDS", "DEFAULT_SAMPLES", "SUFFIX", "QuantizedModel", "calibration_images", "compare", "load_quantized",
+           "quantize", "report_lines", "require_backend", "save_quantized"]
+
 DEFAULT_SAMPLES = 300
-SUFFIX = ".xml"
-_RT_KEY = "convnext"  # our entries in the IR's rt_info
-
-
-def require_backend(backend: str) -> None:
-    """One line, before any work, when ``backend`` is unknown or its packages are missing."""
-    if backend not in BACKENDS:
-        raise UserError(f"unsupported quantization backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    missing = [m for m in ("openvino", "nncf", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
-    if missing:
-        raise UserError(f"INT8 quantization needs {' and '.join(missing)}: pip install 'convnext[int8]'")
 
 
 def calibration_images(folder: str | os.PathLike, config: dict, *, samples: int = DEFAULT_SAMPLES
@@ -68,33 +59,6 @@ def calibration_images(folder: str | os.PathLike, config: dict, *, samples: int 
     if not images:
         raise UserError(f"none of the {len(picked)} images in {folder} could be read")
     return torch.stack(images), skipped
-
-
-class QuantizedModel(nn.Module):
-    """An INT8 OpenVINO model called like ours: float images in, float logits out (on the CPU)."""
-
-    def __init__(self, ov_model, metadata: dict[str, str]):
-        super().__init__()
-        self.ov_model = ov_model
-        self.model_name = metadata["model"]
-        self.num_classes = int(metadata["num_classes"])
-        self.pretrained_cfg = json.loads(metadata["pretrained_cfg"])
-        self._compiled = None
-        self._threads = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            raise UserError("an INT8 OpenVINO model runs on the CPU; leave out --device")
-        threads = torch.get_num_threads()
-        if self._compiled is None or self._threads != threads:  # compiled for the thread count in force
-            import openvino
-
-            self._compiled = openvino.Core().compile_model(self.ov_model, "CPU", {"INFERENCE_NUM_THREADS": threads})
-            self._threads = threads
-        return torch.from_numpy(self._compiled(x.detach().float().contiguous().numpy())[0])
-
-    def fuse_for_inference(self) -> QuantizedModel:
-        return self  # already folded by the export
 
 
 def _ignored_head(ov_model) -> list[str]:
@@ -148,24 +112,6 @@ def save_quantized(model: QuantizedModel, path: str | os.PathLike) -> Path:
         with atomic_path(path) as xml_tmp:
             os.replace(Path(tmp) / "model.xml", xml_tmp)
     return path
-
-
-def load_quantized(path: str | os.PathLike) -> QuantizedModel:
-    """A `QuantizedModel` from the ``.xml`` that `save_quantized` wrote (its ``.bin`` beside it)."""
-    require_backend("openvino")
-    import openvino
-
-    path = Path(path)
-    if not path.is_file() or not path.with_suffix(".bin").is_file():
-        raise UserError(f"{path} needs both {path.name} and {path.with_suffix('.bin').name}")
-    try:
-        ov_model = openvino.Core().read_model(path)
-    except RuntimeError as err:
-        raise UserError(f"{path} is not an OpenVINO model: {str(err).strip().splitlines()[0]}") from None
-    info = ov_model.get_rt_info()
-    if _RT_KEY not in info:
-        raise UserError(f"{path} was not written by `convnext quantize` (no model name or preprocessing in it)")
-    return QuantizedModel(ov_model, {k: str(v.value) for k, v in info[_RT_KEY].items()})
 
 
 @torch.inference_mode()

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..models.layer_decay import block_of
-from ..models.protocol import ImageModel, LayerDecay
+from ..protocol import ImageModel, LayerDecay
 
 
 def lr_at(step: int, base_lr: float, min_lr: float, total_steps: int, warmup_steps: int) -> float:
@@ -49,7 +49,7 @@ def _forward_order(model: nn.Module, res: int) -> list[str]:
 def layer_ids(model: nn.Module, num_layers: int | None = None, *, res: int = 224) -> tuple[dict[str, int], int]:
     """Depth id of every parameter for layer-wise lr decay, and the id that trains at the full lr.
 
-    A model of ours, or any that follows `convnext.models.protocol.LayerDecay`, names them itself
+    A model of ours, or any that follows `convnext.protocol.LayerDecay`, names them itself
     (``layer_decay_ids(num_layers)``: the official maps). A foreign model gets one id per block (`block_of`)
     in the order a forward pass of a ``res`` x ``res`` image reaches them.
     """

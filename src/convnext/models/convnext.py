@@ -13,6 +13,7 @@ feature wrappers take them as timm's own.
 """
 
 import fnmatch
+import importlib
 import os
 import sys
 import types
@@ -23,42 +24,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UserError
+from ..protocol import ConvNeXtModel, TaskModel
 from ..weights import data_config, download_weights, get_pretrained, list_pretrained, load_checkpoint
+from .block import LN_EPS, Block
 from .layer_decay import hierarchical_ids, isotropic_ids, stage_order_ids
-from .layers import DepthwiseConv2d, DropPath, LayerNorm2d, Pointwise
-from .protocol import ConvNeXtModel, TaskModel
-
-LN_EPS = 1e-6
-
-
-class Block(nn.Module):
-    """The ConvNeXt block: 7x7 depthwise conv, LN, 1x1 expand 4x, GELU, 1x1 project, layer scale, residual."""
-
-    def __init__(self, dim: int, drop_path: float = 0.0, layer_scale_init_value: float | None = 1e-6,
-                 kernel_size: int = 7, mlp_ratio: int = 4):
-        super().__init__()
-        self.dwconv = DepthwiseConv2d(dim, kernel_size)
-        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
-        self.pwconv1 = Pointwise(dim, mlp_ratio * dim)
-        self.act = nn.GELU()
-        self.pwconv2 = Pointwise(mlp_ratio * dim, dim)
-        self.gamma = None
-        if layer_scale_init_value and layer_scale_init_value > 0:
-            self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
-        self.drop_path = DropPath(drop_path)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        x = self.dwconv(x)
-        x = x.permute(0, 2, 3, 1)  # (N, C, H, W) -> (N, H, W, C): the same memory on channels_last
-        x = self.norm(x)
-        x = self.pwconv1(x)
-        x = self.act(x)
-        x = self.pwconv2(x)
-        if self.gamma is not None:
-            x = self.gamma * x
-        x = x.permute(0, 3, 1, 2)
-        return shortcut + self.drop_path(x)
+from .layers import LayerNorm2d
 
 
 def drop_path_rates(rate: float, num_blocks: int) -> list[float]:
@@ -124,7 +94,7 @@ def feature_indices(count: int, indices: int | Sequence[int] | None = None) -> l
 
 class ConvNeXtBase(nn.Module):
     """What every ConvNeXt shares: gradient checkpointing, inference fusion, channels_last weights, and the
-    model protocol (`convnext.models.protocol.ConvNeXtModel`); the roadmap nets build on it too."""
+    model protocol (`convnext.protocol.ConvNeXtModel`); the roadmap nets build on it too."""
 
     in_chans: int
     stride: int
@@ -437,11 +407,15 @@ MODEL_ARCHS: dict[str, tuple[type[nn.Module], dict]] = {
     "convnext_isotropic_large": (ConvNeXtIsotropic, dict(depth=36, dim=1024, layer_scale_init_value=1e-6)),
 }
 
-_BUILDERS: dict[str, Callable[..., nn.Module]] = {}
+_BUILDERS: dict[str, Callable[..., nn.Module] | str] = {}
 
 
-def register_model(name: str, builder: Callable[..., nn.Module]) -> None:
-    """Make ``builder(**overrides)`` available to ``create_model(name)``."""
+def register_model(name: str, builder: Callable[..., nn.Module] | str) -> None:
+    """Make ``builder(**overrides)`` available to ``create_model(name)``.
+
+    ``builder`` may be the name of the module that registers ``name`` when it is imported: the name is listed
+    at once and the module imported on the first build (re-registering keeps a name's place in the list).
+    """
     _BUILDERS[name] = builder
 
 
@@ -463,6 +437,21 @@ def _builder(cls: type[nn.Module], defaults: dict) -> Callable[..., nn.Module]:
 for _name, (_cls, _defaults) in MODEL_ARCHS.items():
     register_model(_name, _builder(_cls, _defaults))
 
+# The roadmap and the task models register themselves when their module is imported. Their names are known here,
+# so that listing them imports nothing (the detectors' module imports torchvision's detection models).
+_ROADMAP_STEPS = ("resnet50", "stage_ratio", "patchify_stem", "resnextify", "inverted_bottleneck", "move_up_dwconv",
+                  "kernel_5", "kernel_7", "kernel_9", "kernel_11", "gelu", "fewer_activations", "fewer_norms",
+                  "layer_norm", "separate_downsampling")
+LAZY_MODELS: dict[str, list[str]] = {
+    "convnext.models.roadmap": [f"roadmap_{step}" for step in _ROADMAP_STEPS],
+    "convnext.models.mask_rcnn": [f"{kind}_convnext_{size}" for kind in ("maskrcnn", "fasterrcnn")
+                                  for size in ("tiny", "small", "base")],
+    "convnext.models.upernet": [f"upernet_convnext_{size}" for size in ("tiny", "small", "base", "large", "xlarge")],
+}
+for _module, _names in LAZY_MODELS.items():
+    for _name in _names:
+        register_model(_name, _module)
+
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a shell-style pattern, in registration order."""
@@ -475,8 +464,14 @@ def build_model(name: str, **overrides) -> nn.Module:
         close = [n for n in _BUILDERS if name.split("_")[-1] in n][:5]
         hint = f" Did you mean one of {close}?" if close else ""
         raise UserError(f"unknown model {name!r}.{hint} `convnext models` lists them all.")
+    builder = _BUILDERS[name]
+    if isinstance(builder, str):  # a name registered ahead of its module: importing it registers the builder
+        importlib.import_module(builder)
+        if isinstance(_BUILDERS[name], str):
+            raise RuntimeError(f"importing {builder} did not register {name}")
+        builder = _BUILDERS[name]
     try:
-        model = _BUILDERS[name](**overrides)
+        model = builder(**overrides)
     except TypeError as err:
         raise UserError(f"invalid option for {name}: {err}") from None
     model.model_name = name

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .convnext import Block
+from .block import Block
 from .layers import LayerNorm2d
 
 

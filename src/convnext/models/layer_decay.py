@@ -1,6 +1,6 @@
 """The layer-wise lr-decay maps of our models, as pure functions of parameter names.
 
-Each model's ``layer_decay_ids`` (`convnext.models.protocol.LayerDecay`) calls one of these; the optimizer
+Each model's ``layer_decay_ids`` (`convnext.protocol.LayerDecay`) calls one of these; the optimizer
 (`convnext.engine.optim.param_groups`) turns the ids into parameter groups. The maps are the official
 recipes', so fine-tuning decays the lr as the paper's code did, and they must not change: a training
 checkpoint stores its optimizer's groups, and a resume rebuilds the same groups from these ids.

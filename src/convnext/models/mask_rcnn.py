@@ -180,6 +180,9 @@ def _register() -> None:
             register_model(f"{kind}_convnext_{size}", build)
 
 
+_register()  # importing this module registers the detectors (`convnext.models.convnext` lists them before)
+
+
 @torch.no_grad()
 def detector_macs(model: nn.Module, height: int = 800, width: int = 1280) -> int:
     """Multiply-accumulates of one test-time forward pass on a ``width`` x ``height`` image (the paper's

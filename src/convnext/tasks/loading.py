@@ -106,7 +106,7 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
 
 
 def _quantized(name: str | None, path: Path) -> nn.Module:
-    from ..deploy.quantize import load_quantized
+    from ..weights.int8 import load_quantized
 
     model = load_quantized(path)
     if name is not None and model.model_name != name:

@@ -131,6 +131,33 @@ PRETRAINED: list[PretrainedWeights] = [
 ]
 
 
+# The released UperNet weights (`convnext.weights.segmentation` reads their layout).
+ADE20K = "ade20k-150"
+LABEL_SETS[ADE20K] = 150  # the segmentation weights' classes
+
+# The official ADE20K files (README of facebookresearch/ConvNeXt, semantic_segmentation/): mIoU single-scale /
+# multi-scale+flip from the paper's Table 4, and the crop they were trained at.
+ADE20K_MIOU = {
+    ("upernet_convnext_tiny", "ade20k"): (46.0, 46.7),
+    ("upernet_convnext_small", "ade20k"): (48.7, 49.6),
+    ("upernet_convnext_base", "ade20k"): (49.1, 49.9),
+    ("upernet_convnext_base", "ade20k_in22k"): (52.6, 53.1),
+    ("upernet_convnext_large", "ade20k_in22k"): (53.2, 53.7),
+    ("upernet_convnext_xlarge", "ade20k_in22k"): (53.6, 54.0),
+}
+
+
+def _ade20k_entry(model: str, tag: str) -> PretrainedWeights:
+    size = model.rsplit("_", 1)[1]
+    pretraining, crop = ("22k", 640) if tag.endswith("in22k") else ("1k", 512)
+    return PretrainedWeights(model, tag, f"ade20k/upernet_convnext_{size}_{pretraining}_{crop}x{crop}.pth",
+                             None, crop, 1.0, ADE20K)
+
+
+ADE20K_WEIGHTS = [_ade20k_entry(model, tag) for model, tag in ADE20K_MIOU]
+PRETRAINED.extend(ADE20K_WEIGHTS)  # one registry: `convnext info` and create_model(pretrained=...) find them
+
+
 def list_pretrained(model: str | None = None) -> list[PretrainedWeights]:
     return [w for w in PRETRAINED if model is None or w.model == model]
 
@@ -392,7 +419,7 @@ def load_checkpoint(
     when the checkpoint has none. Any other difference raises one error naming the keys, unless
     ``strict=False``, which loads what matches and reports the rest.
     """
-    from ..models.protocol import FeatureBackbone, model_name  # here: the models package imports this one
+    from ..protocol import FeatureBackbone, model_name
 
     state_dict = convert_state_dict(read_state_dict(path_or_state_dict, key))
     target = model.state_dict()

@@ -4,7 +4,8 @@ with a ConvNeXt backbone, our own runs, and plain classification checkpoints for
 Our module names are the official ones, so an official ADE20K file loads as it is; the Hugging Face names map
 onto them one to one (the backbone by the classification rules of `convnext.weights`, ``hidden_states_norms
 .stage{k}`` to ``norm{k-1}``, ``batch_norm`` to ``bn``, ``classifier`` to ``conv_seg``). The released ADE20K
-weights are registered here, next to the classification ones, and downloaded by the same offline-aware code.
+weights are registered in `convnext.weights`, next to the classification ones (listing them imports nothing
+more), and downloaded by the same offline-aware code.
 """
 
 from __future__ import annotations
@@ -19,42 +20,20 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models.protocol import model_name
+from ..protocol import model_name
 from . import (
     _HF_RULES,
-    LABEL_SETS,
-    PRETRAINED,
+    ADE20K,
+    ADE20K_MIOU,
+    ADE20K_WEIGHTS,
     LoadReport,
-    PretrainedWeights,
     _fit_shapes,
     load_checkpoint,
     read_checkpoint_file,
 )
 
-ADE20K = "ade20k-150"
-LABEL_SETS[ADE20K] = 150
-
-# The official ADE20K files (README of facebookresearch/ConvNeXt, semantic_segmentation/): mIoU single-scale /
-# multi-scale+flip from the paper's Table 4, and the crop they were trained at.
-ADE20K_MIOU = {
-    ("upernet_convnext_tiny", "ade20k"): (46.0, 46.7),
-    ("upernet_convnext_small", "ade20k"): (48.7, 49.6),
-    ("upernet_convnext_base", "ade20k"): (49.1, 49.9),
-    ("upernet_convnext_base", "ade20k_in22k"): (52.6, 53.1),
-    ("upernet_convnext_large", "ade20k_in22k"): (53.2, 53.7),
-    ("upernet_convnext_xlarge", "ade20k_in22k"): (53.6, 54.0),
-}
-
-
-def _ade20k_entry(model: str, tag: str) -> PretrainedWeights:
-    size = model.rsplit("_", 1)[1]
-    pretraining, crop = ("22k", 640) if tag.endswith("in22k") else ("1k", 512)
-    return PretrainedWeights(model, tag, f"ade20k/upernet_convnext_{size}_{pretraining}_{crop}x{crop}.pth",
-                             None, crop, 1.0, ADE20K)
-
-
-ADE20K_WEIGHTS = [_ade20k_entry(model, tag) for model, tag in ADE20K_MIOU]
-PRETRAINED.extend(ADE20K_WEIGHTS)  # one registry: `convnext info` and create_model(pretrained=...) find them
+__all__ = ["ADE20K", "ADE20K_MIOU", "ADE20K_WEIGHTS", "convert_segmentation_state_dict", "detect_segmentation_layout",
+           "load_segmentation_checkpoint"]
 
 _HEAD_RULES = [
     (r"\.batch_norm\.", ".bn."),

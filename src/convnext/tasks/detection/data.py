@@ -260,14 +260,9 @@ def collate(batch: list) -> tuple[list, list, list]:
     return tuple(list(column) for column in zip(*batch, strict=True))
 
 
-def load_datasets(config, say: Callable[[str], None]) -> tuple[CocoData, CocoData | None]:
-    """The training and validation sets (the built-in demo set without ``data``), their cleaning reported."""
-    if config.data is None:
-        from .demo import demo_data
-
-        train_path, val_path = demo_data(Path(config.output) / "data", say)
-    else:
-        train_path, val_path = config.data, config.val_data
+def load_datasets(train_path: str | os.PathLike, val_path: str | os.PathLike | None, say: Callable[[str], None]
+                  ) -> tuple[CocoData, CocoData | None]:
+    """The training and validation sets, their cleaning reported; the two must list the same categories."""
     train = CocoData(train_path, train=True)
     val = CocoData(val_path, train=False) if val_path is not None else None
     if val is not None and val.cat_ids != train.cat_ids:

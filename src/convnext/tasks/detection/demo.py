@@ -15,12 +15,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from ...data.images import Digits
 from ...files import atomic_write_text
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DIGITS = (0, 1, 4)
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
@@ -124,17 +128,16 @@ def demo_data(folder: Path, say: Callable[[str], None]) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def draw_demo(run_dir: Path, count: int = 8, score: float = 0.5) -> Path:
-    """``predictions.png`` in ``run_dir``: the run's best model on the first ``count`` validation images."""
+def draw_demo(run_dir: Path, model: nn.Module, classes: list[str], count: int = 8, score: float = 0.5) -> Path:
+    """``predictions.png`` in ``run_dir``: ``model`` (the run's best, as `load_detector` reads it) on the first
+    ``count`` validation images."""
     import torch
 
     from ...data.images import load_image, to_tensor
     from ...files import atomic_write
     from ...plots import pyplot
-    from .predict import detect, draw, load_detector
+    from .predict import detect, draw
 
-    best = run_dir / "best.pt"
-    model, classes, _ = load_detector(best if best.is_file() else run_dir / "last.pt")
     files = sorted((run_dir / "data" / "val" / "images").glob("*.jpg"))[:count]
     plt = pyplot()
     fig, axes = plt.subplots(2, (len(files) + 1) // 2, figsize=(2.2 * ((len(files) + 1) // 2), 4.6))

@@ -19,6 +19,7 @@ from ...engine.task import Say, Schedule, StepOutput, Task
 from ...errors import UserError
 from .config import DetectConfig, fit_to_run, lr_factor
 from .data import DetectionItems, collate, load_datasets
+from .demo import demo_data
 from .evaluate import evaluate_detector
 from .predict import build_run_detector
 
@@ -38,7 +39,8 @@ class DetectionTask(Task):
 
     def prepare(self, rt: Runtime, say: Say) -> Schedule:
         config = self.config
-        self.train, self.val = load_datasets(config, say)
+        paths = (config.data, config.val_data) if config.data else demo_data(Path(config.output) / "data", say)
+        self.train, self.val = load_datasets(*paths, say)
         self.classes = self.train.classes
         for note in fit_to_run(config, len(self.train), rt.world_size):
             say(f"fitted to this run: {note}")

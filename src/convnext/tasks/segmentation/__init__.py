@@ -1,7 +1,7 @@
 """Semantic segmentation with UperNet on ConvNeXt, the paper's ADE20K protocol (Sec. 4, Table 4).
 
-Importing this package registers ``upernet_convnext_{tiny,small,base,large,xlarge}`` with `convnext.create_model`
-and the released ADE20K weights with the weights registry.
+``upernet_convnext_{tiny,small,base,large,xlarge}`` are registered models (`convnext.create_model`), and their
+released ADE20K weights are in the weights registry (`convnext.weights`).
 """
 
 from ...models.upernet import UperNet

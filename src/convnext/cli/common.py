@@ -1,0 +1,110 @@
+"""What every command of the `convnext` command line shares: sub-commands whose arguments are added only when they
+run, the device parser, the common arguments, and the one-line handling of user errors.
+
+Nothing here (or in the command modules, at import time) imports PyTorch or a task: ``convnext --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_HELP = "cpu, cuda, cuda:1, ... (default: cuda when available)"
+
+
+class Commands(argparse._SubParsersAction):
+    """Sub-commands whose arguments are added when one of them is chosen: ``fill(parser)`` imports what the
+    command's arguments need (recipe names, formats), so listing the commands imports none of it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fillers: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def add(self, name: str, fill: Callable[[argparse.ArgumentParser], None], **kwargs) -> None:
+        """``convnext ... NAME``: ``kwargs`` as for ``add_parser`` (``help``, ``description``)."""
+        self.add_parser(name, **kwargs)
+        self._fillers[name] = fill
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        fill = self._fillers.pop(values[0], None)
+        if fill is not None:
+            fill(self._name_parser_map[values[0]])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def commands(parser: argparse.ArgumentParser, dest: str, metavar: str) -> Commands:
+    """The sub-commands of ``parser`` (one is required), chosen into ``args.<dest>``."""
+    return parser.add_subparsers(dest=dest, required=True, metavar=metavar, action=Commands)
+
+
+def parse_device(name: str | None) -> torch.device:
+    """The CLI's one device parser: ``--device`` as given (cpu, cuda, cuda:1, ...), or cuda when available."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"invalid --device {name!r}: {err}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def add_device(p: argparse.ArgumentParser, help: str = DEVICE_HELP, **kwargs) -> None:
+    p.add_argument("--device", help=help, **kwargs)
+
+
+def add_settings(p: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE ...`` into ``args.settings``: several after one --set, and --set may repeat."""
+    p.add_argument("--set", dest="settings", action="extend", nargs="+", default=[], metavar="KEY=VALUE", help=help)
+
+
+def add_output(p: argparse.ArgumentParser, help: str | None = None, *, metavar: str = "RUN_DIR", **kwargs) -> None:
+    """``--output``: the folder a command writes (a run folder unless ``metavar`` says otherwise)."""
+    p.add_argument("--output", metavar=metavar, help=help, **kwargs)
+
+
+def add_weights(p: argparse.ArgumentParser) -> None:
+    """--model and where its weights come from, as `convnext.tasks.loading.load_model` takes them."""
+    p.add_argument("--model", help="model name, e.g. convnext_tiny or convnext_tiny.in22k_ft_in1k (not needed "
+                   "with a checkpoint `convnext train` wrote: it records its model)")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", metavar="CKPT", help="weights file of any supported layout; its head "
+                         "decides the number of classes")
+    weights.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
+                         help="released weights (the model's default tag when TAG is left out)")
+
+
+def tolerant_output() -> None:
+    """Characters the terminal's encoding lacks (a unicode file name under LANG=C) print as escapes, not as a
+    crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen command: a user error is one line on stderr (exit 2), never a traceback."""
+    warnings.simplefilter("default")
+    try:
+        return args.func(args)
+    except UserError as err:
+        print(f"convnext {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"convnext {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `convnext ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

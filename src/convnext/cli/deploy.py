@@ -1,0 +1,223 @@
+"""`convnext export`, `benchmark` and `quantize`: taking a model out of training."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .common import Commands, add_device, add_weights, parse_device
+
+
+def add_export(sub: Commands) -> None:
+    sub.add("export", _export_args, help="write a model as ONNX, TorchScript, a torch.export program or "
+            "safetensors, and check the file against PyTorch")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    from ..deploy import export
+
+    add_weights(p)
+    p.add_argument("--format", required=True, choices=export.FORMATS,
+                   help="onnx (opset >= 17, native LayerNormalization), torchscript, pt2 (torch.export) or "
+                   "safetensors (weights + metadata)")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write (atomically)")
+    p.add_argument("--res", type=int, help="input resolution of the exported graph (default: the weights')")
+    p.add_argument("--opset", type=int, default=export.ONNX_OPSET,
+                   help=f"ONNX opset, at least {export.MIN_ONNX_OPSET} (default {export.ONNX_OPSET})")
+    p.add_argument("--script", action="store_true", help="TorchScript: script instead of trace")
+    p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="export the inference-fused model (LayerNorm affine and layer scale folded into the "
+                   "pointwise weights; default) or the model as trained; safetensors is never fused")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..deploy import export
+    from ..tasks.loading import load_model
+
+    model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
+    report = export.export_model(model, args.out, args.format, res=args.res, opset=args.opset, script=args.script,
+                                 fuse=args.fuse)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["passed"] else 1
+    what = {"onnx": f"ONNX opset {args.opset}, {report.get('layer_norm_nodes')} LayerNormalization nodes",
+            "torchscript": f"TorchScript ({report.get('torchscript')})", "pt2": "torch.export program",
+            "safetensors": "weights and metadata"}[args.format]
+    if args.format != "safetensors":
+        what += f", {'fused' if report['fused'] else 'unfused'}, input (batch, {model.in_chans}, " \
+                f"{report['res']}, {report['res']})"
+    print(f"wrote {args.out} ({report['bytes'] / 1e6:.1f} MB): {report['model']}, {what}")
+    runtime = "onnxruntime" if args.format == "onnx" else "reloaded file"
+    print(f"check: {runtime} vs PyTorch on a batch of {report['check_batch']}: max abs difference "
+          f"{report['max_abs_diff']:.2e} (float32; tolerance {export.TOLERANCE:.0e}) "
+          f"{'OK' if report['passed'] else 'FAILED'}")
+    return 0 if report["passed"] else 1
+
+
+def add_benchmark(sub: Commands) -> None:
+    sub.add("benchmark", _benchmark_args, help="images/s of our models against Hugging Face, timm and torchvision, "
+            "measured side by side in one process")
+
+
+def _benchmark_args(p: argparse.ArgumentParser) -> None:
+    from ..deploy import benchmark
+
+    p.add_argument("--model", required=True, help="one or more models, comma-separated (e.g. the family, "
+                   "for --plot)")
+    p.add_argument("--batch", help="batch sizes, comma-separated (default 1,32; 16 with --train)")
+    p.add_argument("--res", type=int, default=224, help="input resolution (default 224)")
+    p.add_argument("--dtype", choices=list(benchmark.DTYPES), default="fp32",
+                   help="fp32, bf16/fp16 autocast, or int8 (our INT8 model; default fp32)")
+    p.add_argument("--int8-model", metavar="FILE.xml", help="with --dtype int8: time this `convnext quantize` "
+                   "file (default: --model quantized on random images)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels_last models and inputs for every implementation (ours always runs so)")
+    p.add_argument("--compile", nargs="?", const="default", metavar="MODE",
+                   help="torch.compile every implementation (optionally a mode, e.g. max-autotune)")
+    p.add_argument("--train", action="store_true", help="time training steps (forward, backward, AdamW) "
+                   "instead of inference")
+    p.add_argument("--peers", default=",".join(benchmark.PEERS + benchmark.RUNTIMES),
+                   help="comma-separated peers, or none (default hf,timm,torchvision,onnxruntime,openvino: the "
+                   "last two run our exported ONNX graph; absent ones are skipped)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds per implementation (default 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
+    add_device(p, "default: cuda when available", choices=["cpu", "cuda"])
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="glibc malloc keeps freed memory (no page faults on big tensors) for every implementation")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--plot", metavar="FILE", help="draw images/s against GMACs per model (.png, .pdf or .svg)")
+    p.set_defaults(func=_benchmark)
+
+
+def _benchmark(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..deploy import benchmark
+    from ..deploy.allocator import keep_freed_memory
+
+    models = [name.strip() for name in args.model.split(",") if name.strip()]
+    if args.int8_model and args.dtype != "int8":
+        raise UserError("--int8-model times an INT8 file: add --dtype int8")
+    peers = [] if args.peers.strip() == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
+    batches = benchmark.parse_batches(args.batch or ("16" if args.train else "1,32"))
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
+    if args.keep_freed_memory and not kept:
+        print("convnext benchmark: --keep-freed-memory needs glibc; running with the default allocator",
+              file=sys.stderr)
+    device = args.device or parse_device(None).type  # cuda without CUDA: run_benchmark says so, in its turn
+    progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    report = benchmark.run_benchmark(models, batches=batches, res=args.res, dtype=args.dtype, train=args.train,
+                                     peers=peers, channels_last=args.channels_last, compile_mode=args.compile,
+                                     rounds=args.rounds, warmup=args.warmup, device=device, progress=progress,
+                                     int8_file=args.int8_model)
+    report["settings"]["keep_freed_memory"] = kept
+    if args.plot:
+        benchmark.plot_throughput(report, args.plot)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(benchmark.format_report(report))
+    if args.plot:
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def add_quantize(sub: Commands) -> None:
+    what = ("post-training static INT8 for CPUs (OpenVINO, calibrated with NNCF on your images); prints how far "
+            "it strays from the float model, and the top-1 drop with --val")
+    sub.add("quantize", _quantize_args, help=what, description=what)
+
+
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    from ..deploy.quantize import BACKENDS, DEFAULT_SAMPLES, SUFFIX
+
+    p.add_argument("--checkpoint", metavar="CKPT", help="weights of any supported layout (a `convnext train` "
+                   "checkpoint names its model)")
+    p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
+                   help="released weights of --model instead (the default tag when TAG is left out)")
+    p.add_argument("--model", help="model name (not needed with a `convnext train` checkpoint)")
+    p.add_argument("--calibrate", required=True, metavar="DIR",
+                   help="folder of images to measure activation ranges on (searched recursively)")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"calibration images used, spread over the folder (default {DEFAULT_SAMPLES})")
+    p.add_argument("--val", metavar="DIR", help="class-folder images (DIR/val when present) to score float32 "
+                   "and INT8 top-1 on")
+    p.add_argument("--out", required=True, metavar=f"FILE{SUFFIX}", help=f"the INT8 model: FILE{SUFFIX} and "
+                   "FILE.bin (OpenVINO IR, with class names and preprocessing inside)")
+    p.add_argument("--backend", default="openvino", help=f"quantization toolchain: {', '.join(BACKENDS)} "
+                   "(default openvino)")
+    p.add_argument("--int8-head", action="store_true", help="quantize the classifier head too (default: float)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_quantize)
+
+
+def _float_model(args: argparse.Namespace):
+    """The model to quantize, after every check that needs no work."""
+    from ..deploy.quantize import SUFFIX, require_backend
+    from ..tasks.loading import load_model
+
+    require_backend(args.backend)
+    out = Path(args.out)
+    if out.suffix != SUFFIX or not out.parent.is_dir():
+        raise UserError(f"--out must be FILE{SUFFIX} in an existing folder, got {out}")
+    if args.checkpoint is None and not args.pretrained:
+        raise UserError("give --checkpoint CKPT, or --model with --pretrained [TAG]")
+    if Path(args.checkpoint or "").suffix == SUFFIX:
+        raise UserError(f"{args.checkpoint} is already an INT8 model; quantize its float checkpoint")
+    return load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from ..deploy.quantize import calibration_images, compare, quantize, report_lines
+    from ..tasks.classification.evaluate import evaluate_model
+
+    start = time.perf_counter()
+    model = _float_model(args)
+    config = {k: v for k, v in model.pretrained_cfg.items() if k != "label_names"}
+    images, skipped = calibration_images(args.calibrate, config, samples=args.samples)
+    for problem in skipped:
+        print(f"convnext quantize: skipped: {problem}", file=sys.stderr)
+    float_val = evaluate_model(model, args.val) if args.val else None  # a bad --val stops here, before any work
+    print(f"{model.model_name}: calibrating on {len(images)} images of {args.calibrate} ({args.backend})",
+          file=sys.stderr)
+    quantized = quantize(model, images, backend=args.backend, keep_head_float=not args.int8_head)
+    report = dict(model=model.model_name, out=args.out, calibration=compare(model, quantized, images),
+                  skipped=len(skipped))
+    accuracy = None
+    if float_val is not None:
+        accuracy = [("float32", float_val), ("int8", evaluate_model(quantized, args.val))]
+        report["val"] = {name: {k: m[k] for k in ("top1", "top5", "count")} for name, m in accuracy}
+        report["val"]["drop"] = accuracy[0][1]["top1"] - accuracy[1][1]["top1"]
+    out = _save_checked(quantized, args.out, images, report)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    for line in report_lines(report["calibration"], accuracy):
+        print(line)
+    print(f"wrote {out} + {out.with_suffix('.bin').name} ({report['bytes'] / 2**20:.1f} MB) in "
+          f"{time.perf_counter() - start:.0f}s; run it with `convnext predict --checkpoint {out} IMAGES`")
+    return 0
+
+
+def _save_checked(quantized, path: str, images, report: dict) -> Path:
+    """Write the INT8 model (once everything has passed), read it back, and check it gives the same logits."""
+    from ..deploy.quantize import compare, load_quantized, save_quantized
+
+    out = save_quantized(quantized, path)
+    check = compare(quantized, load_quantized(out), images[:8])
+    if check["max_logit_diff"] > 0:
+        raise UserError(f"{out} read back gives other logits than the model written (max diff "
+                        f"{check['max_logit_diff']:.2e})")
+    report["bytes"] = out.stat().st_size + out.with_suffix(".bin").stat().st_size
+    return out
