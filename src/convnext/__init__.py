@@ -99,17 +99,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
     from .deploy.allocator import keep_freed_memory
+    from .models import *  # Block, ConvNeXt, create_model, ... (convnext.models.__all__)
     from .models.complexity import count_params, model_info
-    from .models.convnext import (
-        Block,
-        ConvNeXt,
-        ConvNeXtFeatures,
-        ConvNeXtIsotropic,
-        build_model,
-        check_input,
-        create_model,
-        list_models,
-    )
     from .models.fuse import fuse
     from .models.layers import LayerNorm2d, Pointwise, as_linears
     from .models.roadmap import STEPS as ROADMAP_STEPS

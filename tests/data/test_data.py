@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from convnext.data import (
+from convnext.data.augment import train_transform
+from convnext.data.images import (
     Digits,
     EpochSampler,
     EvalImages,
@@ -14,7 +15,6 @@ from convnext.data import (
     TrainImages,
     image_folders,
 )
-from convnext.data.augment import train_transform
 from convnext.errors import UserError
 from convnext.weights import IMAGENET_MEAN, IMAGENET_STD, data_config
 

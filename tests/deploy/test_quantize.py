@@ -6,7 +6,7 @@ import torch
 import convnext.deploy.quantize as quantize
 from convnext import UserError, create_model
 from convnext.cli import main
-from convnext.data import export_digits
+from convnext.data.images import export_digits
 from convnext.deploy.export import export_safetensors
 from convnext.tasks.loading import load_model
 from convnext.weights import data_config

@@ -40,7 +40,7 @@ class Regression(Task):
         size = self.config.batch_size
         return iter([(X[i:i + size], Y[i:i + size]) for i in range(start, len(X), size)])
 
-    def step(self, net, batch):
+    def step(self, net, batch, device):
         self.calls += 1
         x, y = batch
         loss = ((net(x).squeeze(1) - y) ** 2).mean()
@@ -100,10 +100,10 @@ def test_a_rerun_resumes_exactly_after_a_stop_mid_epoch(tmp_path):
         pass
 
     class StopsOnce(Regression):
-        def step(self, net, batch):
+        def step(self, net, batch, device):
             if self.calls == 13:  # 13 steps done: epoch 2, step 5 of 8
                 raise Stop
-            return super().step(net, batch)
+            return super().step(net, batch, device)
 
     stopped = config(tmp_path, "stopped", batch_size=4, save_every_steps=1)
     with pytest.raises(Stop):

@@ -115,10 +115,10 @@ def add_roadmap(sub: Commands) -> None:
 
 
 def _roadmap_args(p: argparse.ArgumentParser) -> None:
+    p.set_defaults(func=_roadmap)
     p.add_argument("--res", type=int, default=224, help="input resolution for our GMACs (default 224)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--plot", metavar="FILE", help="draw the Figure-2-style bar chart (.png, .pdf or .svg)")
-    p.set_defaults(func=_roadmap)
 
 
 def _roadmap(args: argparse.Namespace) -> int:

@@ -39,7 +39,7 @@ def _micro_step(trainer: Trainer, state: RunState, batch, sync: bool, step: int)
     rt = trainer.rt
     with nullcontext() if sync else trainer.net.no_sync():
         with torch.autocast(rt.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
-            out = trainer.task.step(trainer.net, batch)
+            out = trainer.task.step(trainer.net, batch, rt.device)
         state.bad_images.update(int(i) for i in out.bad if i >= 0)
         loss = out.losses["loss"]
         finite = torch.isfinite(loss.detach()).float()

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from ..data.images import EpochSampler
 from .config import RunConfig
 from .runtime import Runtime
 
@@ -65,6 +67,8 @@ class Task:
     metric: str = "val_top1"  # its column in a period's row (metrics.jsonl)
     find_unused_parameters: bool = False  # DDP: parts of the model may get no gradient in a step
     classes: list[str]
+    sampler: EpochSampler  # the default `batches` reads these two
+    loader: DataLoader
 
     def prepare(self, rt: Runtime, say: Say) -> Schedule:
         """Open the data, fit the recipe to the run, say what the run will do; returns the schedule."""
@@ -89,11 +93,13 @@ class Task:
 
     def batches(self, period: int, start: int, rt: Runtime) -> Iterator:
         """The training batches of ``period`` from its ``start``-th sample on (a resumed run continues with
-        the very samples an uninterrupted one would have seen)."""
-        raise NotImplementedError
+        the very samples an uninterrupted one would have seen). By default epoch ``period`` of ``self.loader``,
+        whose ``self.sampler`` is an `EpochSampler`."""
+        self.sampler.set_epoch(period, start=start)
+        return iter(self.loader)
 
-    def step(self, net: nn.Module, batch) -> StepOutput:
-        """Forward one micro-batch (under the engine's autocast) and return its losses."""
+    def step(self, net: nn.Module, batch, device: torch.device) -> StepOutput:
+        """Forward one micro-batch (moved to ``device``, under the engine's autocast) and return its losses."""
         raise NotImplementedError
 
     def validate(self, model: nn.Module, rt: Runtime) -> dict:

@@ -9,7 +9,7 @@ from PIL import Image
 import convnext.weights as weights
 from convnext import UserError, create_model
 from convnext.cli import main
-from convnext.data import eval_transform
+from convnext.data.images import eval_transform
 from convnext.deploy.export import export_model, export_safetensors
 from convnext.models import build_model
 from convnext.tasks.classification.config import resolve_config

@@ -98,8 +98,8 @@ def test_detection_accumulates_gradients_and_stops_on_a_non_finite_loss(tmp_path
 
     real_step, calls = DetectionTask.step, []
 
-    def nan_on_the_second_step(self, net, batch):
-        out = real_step(self, net, batch)
+    def nan_on_the_second_step(self, net, batch, device):
+        out = real_step(self, net, batch, device)
         calls.append(1)
         if len(calls) == 2:
             out.losses["loss"] = out.losses["loss"] * float("nan")

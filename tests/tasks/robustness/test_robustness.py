@@ -8,7 +8,7 @@ from PIL import Image
 from torch import nn
 
 from convnext.cli import main
-from convnext.data import Digits, EvalImages
+from convnext.data.images import Digits, EvalImages
 from convnext.errors import UserError
 from convnext.tasks.classification.config import resolve_config
 from convnext.tasks.classification.train import train

@@ -8,7 +8,7 @@ validation (of the EMA too); the engine runs everything else.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -120,13 +120,8 @@ class ClassificationTask(Task):
         if main and not augment_png.exists():
             save_augmented_sample(self.train_set, self.mix, self.classes, self.config, augment_png)
 
-    def batches(self, period: int, start: int, rt: Runtime) -> Iterator:
-        self.sampler.set_epoch(period, start=start)
-        return iter(self.loader)
-
-    def step(self, net: nn.Module, batch) -> StepOutput:
+    def step(self, net: nn.Module, batch, device: torch.device) -> StepOutput:
         images, labels, bad = batch
-        device = next(net.parameters()).device
         x, targets = self.mix(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
         if self.config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -5,7 +5,7 @@ validation is COCO box (and mask) AP; the schedule is mmdet's warm-up and lr ste
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,13 +76,8 @@ class DetectionTask(Task):
     def lr_factor(self, step: int) -> float:
         return lr_factor(step, self.steps_per_epoch, self.config)
 
-    def batches(self, period: int, start: int, rt: Runtime) -> Iterator:
-        self.sampler.set_epoch(period, start=start)
-        return iter(self.loader)
-
-    def step(self, net: nn.Module, batch) -> StepOutput:
+    def step(self, net: nn.Module, batch, device: torch.device) -> StepOutput:
         images, targets, bad = batch
-        device = next(net.parameters()).device
         images = [image.to(device, non_blocking=True) for image in images]
         targets = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()} for t in targets]
         losses = net(images, targets)

@@ -92,9 +92,8 @@ class SegmentationTask(Task):
                                pin_memory=rt.device.type == "cuda",
                                generator=torch.Generator().manual_seed(config.seed)))
 
-    def step(self, net: nn.Module, batch) -> StepOutput:
+    def step(self, net: nn.Module, batch, device: torch.device) -> StepOutput:
         images, masks, bad = batch
-        device = next(net.parameters()).device
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
