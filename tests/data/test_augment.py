@@ -7,10 +7,8 @@ from PIL import Image
 
 from convnext.data.augment import (
     BatchMix,
-    host_rng_state,
     randaugment_spec,
     seeded,
-    set_host_rng_state,
     soft_targets,
     train_transform,
 )
@@ -89,13 +87,6 @@ def test_seeded_restores_the_global_generators():
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
-def test_host_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
-    np.random.seed(3)
-    random.seed(3)
-    torch.save(host_rng_state(), tmp_path / "rng.pt")
-    expected = (np.random.rand(), random.random())
-    set_host_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
-    assert (np.random.rand(), random.random()) == expected
 
 
 def test_no_mixing_leaves_images_and_smooths_labels():

@@ -106,17 +106,3 @@ def seeded(*key: int) -> Iterator[None]:
             random.setstate(saved[0])
             np.random.set_state(saved[1])
             cpu.set_state(saved[2])
-
-
-def host_rng_state() -> dict:
-    """Python's and NumPy's global generator states as checkpoint-safe values (Mixup draws from NumPy)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return dict(python=random.getstate(), numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)),
-                                                      pos=int(pos), has_gauss=int(has_gauss), gauss=float(gauss)))
-
-
-def set_host_rng_state(state: dict) -> None:
-    numpy = state["numpy"]
-    random.setstate(state["python"])
-    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["gauss"]))

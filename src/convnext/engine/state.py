@@ -7,15 +7,30 @@ numbers an uninterrupted run would have produced.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from ..data.augment import host_rng_state, set_host_rng_state
 from .runtime import Runtime
+
+
+def host_rng_state() -> dict:
+    """Python's and NumPy's global generator states as checkpoint-safe values (Mixup draws from NumPy)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(python=random.getstate(), numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)),
+                                                      pos=int(pos), has_gauss=int(has_gauss), gauss=float(gauss)))
+
+
+def set_host_rng_state(state: dict) -> None:
+    numpy = state["numpy"]
+    random.setstate(state["python"])
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["gauss"]))
 
 
 def rng_state(device: torch.device) -> dict:
