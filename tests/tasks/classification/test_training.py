@@ -12,10 +12,11 @@ from torch import nn
 
 import convnext.engine.checkpoints as checkpoints
 from convnext.data.augment import BatchMix
+from convnext.engine.optim import layer_ids, lr_at, param_groups
 from convnext.errors import UserError
 from convnext.models import build_model, register_model
 from convnext.tasks.classification.config import resolve_config
-from convnext.tasks.classification.train import layer_ids, lr_at, param_groups, train
+from convnext.tasks.classification.train import train
 from convnext.weights import load_checkpoint
 
 TINY = 'model_args={"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}'

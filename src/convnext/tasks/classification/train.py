@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Subset
 from ...data.augment import BatchMix, train_transform
 from ...data.images import EpochSampler, EvalImages, TrainImages
 from ...engine.fit import fit
-from ...engine.optim import layer_ids, lr_at, param_groups
+from ...engine.optim import lr_at
 from ...engine.runtime import Runtime, autocast_dtype
 from ...engine.task import Say, Schedule, StepOutput, Task
 from ...errors import UserError
@@ -28,8 +28,6 @@ from ..loading import build_run_model, eval_config
 from .config import TrainConfig, ema_warning, fit_to_run, scaled_lr
 from .data import save_augmented_sample, train_sources
 from .evaluate import evaluate
-
-__all__ = ["ClassificationTask", "layer_ids", "lr_at", "param_groups", "train"]
 
 
 def train(config: TrainConfig, *, resume: bool = True, log: Callable[[str], None] | None = None) -> dict:
@@ -46,8 +44,7 @@ class ClassificationTask(Task):
         self.compiled = None  # the network under torch.compile (config.compile), made at the first step
 
     def prepare(self, rt: Runtime, say: Say) -> Schedule:
-        """The data and the plan: fit the recipe to this run (``fit_to_run``), cap the workers, and say what
-        the run will do."""
+        """The data and the plan: fit the recipe to this run (``fit_to_run``) and say what the run will do."""
         config = self.config
         self.train_src, self.val_src = train_sources(config)
         self.classes = list(self.train_src.classes)
