@@ -132,3 +132,10 @@ def test_one_device_parser():
     assert parse_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(UserError, match="invalid --device 'gpu0'"):
         parse_device("gpu0")
+
+
+def test_segment_demo_refuses_training_options_it_would_not_use(capsys, tmp_path):
+    assert main(["segment", "train", "--demo", "--set", "warmup_ratio=-1", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "leave out --set" in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())  # nothing was made

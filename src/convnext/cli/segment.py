@@ -65,7 +65,15 @@ def _train(args: argparse.Namespace) -> int:
     if args.demo:
         from ..tasks.segmentation.demo import run_demo
 
-        return run_demo(args.output or "runs/segment-demo", restart=args.restart, device=args.device or "cpu")
+        ignored = [f"--{name.replace('_', '-')}" for name in ("data", "val_data", "recipe", "model", "pretrained",
+                                                              "num_classes", "batch_size", "lr", "workers")
+                   if getattr(args, name) is not None] + (["--set"] if args.settings else [])
+        if ignored:
+            raise UserError(f"--demo trains the built-in demo as it is (--iters, --output, --device and --restart "
+                            f"apply): leave out {', '.join(ignored)}, or train the demo recipe on your data with "
+                            "--recipe demo --data DIR")
+        return run_demo(args.output or "runs/segment-demo", restart=args.restart, device=args.device or "cpu",
+                        iters=args.iters)
     from ..tasks.segmentation.config import seg_config
     from ..tasks.segmentation.train import train_segmentation
 
