@@ -70,7 +70,9 @@ def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: 
     state, net = build_state(task, rt, fresh=saved is None, say=say)
     seed_process(config.seed, rt.rank)
     if restore_or_start_over(state, saved, folder, rt, resume=resume):
-        say(f"resuming {folder.last} at {schedule.position(state.epoch, state.step)}")
+        say(f"{folder.folder} already holds a finished {schedule.length()} run (--restart to train again)"
+            if state.epoch >= schedule.periods else
+            f"resuming {folder.last} at {schedule.position(state.epoch, state.step)}")
     run = Run(task, rt, folder, RunLog(folder.folder, main=rt.main, tensorboard=config.tensorboard), state,
               schedule, say)
     run.log.config(config.to_dict())
@@ -190,8 +192,6 @@ def _periods(run: Run, net: torch.nn.Module) -> None:
     trainer = Trainer(task=task, net=net, rt=rt, accum_steps=config.accum_steps, clip_grad=config.clip_grad,
                       amp_dtype=autocast_dtype(config.amp, rt.device), save_every_steps=config.save_every_steps,
                       diverged=run.diverged)
-    if state.epoch >= schedule.periods:
-        run.say(f"{run.folder.folder} already holds a finished {schedule.length()} run (--restart to train again)")
     run.started = time.perf_counter()
     interactive = rt.main and sys.stderr.isatty()
     for period in range(state.epoch, schedule.periods):

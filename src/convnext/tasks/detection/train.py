@@ -59,8 +59,7 @@ class DetectionTask(Task):
         self.sampler = EpochSampler(items, world_size=rt.world_size, rank=rt.rank, seed=config.seed)
         self.loader = DataLoader(items, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
                                  collate_fn=collate, num_workers=config.workers,
-                                 persistent_workers=config.workers > 0,
-                                 generator=torch.Generator().manual_seed(config.seed))
+                                 persistent_workers=config.workers > 0)
         return Schedule(config.epochs, self.steps_per_epoch, self.steps_per_epoch * config.epochs)
 
     def build_model(self, rt: Runtime, fresh: bool, say: Say) -> nn.Module:
