@@ -57,6 +57,8 @@ class DetectionTask(Task):
             f"{list(config.min_sizes)} (longer <= {config.max_size}), test {config.test_size}")
         items = DetectionItems(self.train, train=True, flip=config.hflip, seed=config.seed)
         self.sampler = EpochSampler(items, world_size=rt.world_size, rank=rt.rank, seed=config.seed)
+        # no generator of its own: the loader draws from the global one, as detection runs always did (the
+        # random stream, and with it the demo's figures, stays that of earlier versions)
         self.loader = DataLoader(items, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
                                  collate_fn=collate, num_workers=config.workers,
                                  persistent_workers=config.workers > 0)
