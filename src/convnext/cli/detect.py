@@ -36,8 +36,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-data", metavar="DIR", help="COCO-format validation set (box and mask AP every epoch)")
     p.add_argument("--recipe", choices=list(RECIPES), help="coco_3x (default with --data), coco_1x, or demo "
                    "(default without --data)")
-    p.add_argument("--model", help="maskrcnn_convnext_{tiny,small,base} or fasterrcnn_convnext_* (default: the "
-                   "recipe's, maskrcnn_convnext_tiny)")
+    p.add_argument("--model", help="maskrcnn_convnext_{tiny,small,base}, fasterrcnn_convnext_* or "
+                   "cascade_mask_rcnn_convnext_{tiny,small,base,large,xlarge} (default: the recipe's, "
+                   "maskrcnn_convnext_tiny)")
     p.add_argument("--backbone", metavar="CKPT", help="classification weights for the backbone, any layout "
                    "(the official detection code starts from the non-EMA ImageNet-1K weights)")
     p.add_argument("--backbone-key", metavar="KEY", help="entry of CKPT to read, e.g. model_ema (default: model)")

@@ -447,6 +447,8 @@ LAZY_MODELS: dict[str, list[str]] = {
     "convnext.models.mask_rcnn": [f"{kind}_convnext_{size}" for kind in ("maskrcnn", "fasterrcnn")
                                   for size in ("tiny", "small", "base")],
     "convnext.models.upernet": [f"upernet_convnext_{size}" for size in ("tiny", "small", "base", "large", "xlarge")],
+    "convnext.models.cascade": [f"cascade_mask_rcnn_convnext_{size}"
+                                for size in ("tiny", "small", "base", "large", "xlarge")],
 }
 for _module, _names in LAZY_MODELS.items():
     for _name in _names:

@@ -23,7 +23,8 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import UserError
-from ..weights import IMAGENET_MEAN, IMAGENET_STD, load_checkpoint, read_checkpoint_file
+from ..weights import IMAGENET_MEAN, IMAGENET_STD, first_line, load_checkpoint, read_checkpoint_file
+from ..weights.detection import convert_mmdet_cascade, is_mmdet_detector
 from .convnext import MODEL_ARCHS, ConvNeXtFeatures
 from .layer_decay import hierarchical_ids
 
@@ -77,13 +78,20 @@ class _DetectorMixin:
         return {name: body[name.removeprefix(BODY)] if name.startswith(BODY) else top for name in names}, top
 
     def load_weights(self, checkpoint: str | os.PathLike, key: str | None = None) -> str:
-        """Weights from ``checkpoint``: a whole detector (a `convnext detect train` checkpoint) loads strictly;
+        """Weights from ``checkpoint``: a whole detector (a `convnext detect train` checkpoint, or a released
+        mmdetection file of the official code, `convnext.weights.detection`) loads strictly;
         anything else is taken for a classifier and initialises the backbone (`init_backbone`). Returns, and
         keeps in ``init_note``, a line saying which."""
         state = read_checkpoint_file(Path(checkpoint))
-        weights = state.get("model", state)
-        if isinstance(weights, Mapping) and any(str(k).startswith("roi_heads.") for k in weights):
-            missing, unexpected = self.load_state_dict(weights, strict=False)
+        weights = state.get("model", state.get("state_dict", state))  # ours, or mmdet's ("state_dict")
+        mmdet = isinstance(weights, Mapping) and is_mmdet_detector(weights)
+        if mmdet:
+            weights = convert_mmdet_cascade(weights)
+        if mmdet or isinstance(weights, Mapping) and any(str(k).startswith("roi_heads.") for k in weights):
+            try:
+                missing, unexpected = self.load_state_dict(weights, strict=False)
+            except RuntimeError as err:  # a tensor of another shape
+                raise UserError(f"{checkpoint} holds another detector: {first_line(err)}") from None
             if missing or unexpected:
                 raise UserError(f"{checkpoint} holds another detector: missing {sorted(missing)[:4]}, "
                                 f"unexpected {sorted(unexpected)[:4]}")
@@ -95,11 +103,13 @@ class _DetectorMixin:
     def complexity(self) -> dict:
         """What `convnext info` prints for a detector: parameters, and GMACs at the paper's 1280 x 800 (see
         `detector_macs`); a model built on the meta device is rebuilt on the CPU for the count."""
-        model = self
-        if next(self.parameters()).is_meta:
-            model = build_detector(*self.build_args[:2], **self.build_args[2])
+        model = self.build_again() if next(self.parameters()).is_meta else self
         return dict(params=sum(p.numel() for p in self.parameters()), gmacs=detector_macs(model) / 1e9,
                     res="1280x800")
+
+    def build_again(self) -> nn.Module:
+        """The same architecture, with fresh weights on the CPU."""
+        return build_detector(*self.build_args[:2], **self.build_args[2])
 
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """The backbone under the official detection code's names (``backbone.downsample_layers...``,

@@ -8,6 +8,11 @@ step schedule (x0.1 at epochs 27 and 33 of 36; the 1x schedule is mmdet's standa
 11), flips, and multi-scale training (shorter side one of 480, 512, ..., 800; longer side at most 1333),
 tested at 800 / 1333. Only ConvNeXt-T has an official Mask R-CNN config; small and base take stochastic depth
 from their official Cascade Mask R-CNN configs (0.6 and 0.7).
+
+The official Cascade Mask R-CNN configs (``cascade_mask_rcnn_convnext_*_giou_4conv1f_adamw_3x``, ImageNet-1K
+backbones) change the optimiser only: lr 2e-4, layer decay 0.7 (0.8 for base); stochastic depth 0.4 / 0.6 /
+0.7 for tiny / small / base (0.7 and 0.8 for the ImageNet-22K large and xlarge). Settings left unset take the
+values of the chosen model's config.
 """
 
 from __future__ import annotations
@@ -21,7 +26,12 @@ from ...engine.config import AT_LEAST_1, NON_NEGATIVE, Fit, Range, RunConfig, ap
 from ...errors import UserError
 
 MULTI_SCALE = tuple(range(480, 801, 32))  # shorter sides of the official multi-scale training
-DROP_PATH = {"tiny": 0.4, "small": 0.6, "base": 0.7}
+DROP_PATH = {"tiny": 0.4, "small": 0.6, "base": 0.7, "large": 0.7, "xlarge": 0.8}
+DETECTORS = ("maskrcnn_convnext_", "fasterrcnn_convnext_", "cascade_mask_rcnn_convnext_")
+# The official 3x configs' optimiser where the two systems differ (AdamW, ImageNet-1K backbones): Mask R-CNN lr
+# 1e-4 with layer decay 0.95; Cascade Mask R-CNN lr 2e-4 with 0.7 (0.8 for base)
+LR = {"maskrcnn": 1e-4, "fasterrcnn": 1e-4, "cascade": 2e-4}
+LAYER_DECAY = {"maskrcnn": 0.95, "fasterrcnn": 0.95, "cascade": 0.7, "cascade_base": 0.8}
 
 
 @dataclass
@@ -37,8 +47,9 @@ class DetectConfig(RunConfig):
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
     batch_size: int = 2  # per device
+    lr: float | None = None  # None: the official config's for the model (LR)
     lr_batch: int = 16  # the batch lr is given for; used as is (AdamW; mmdet does not scale it)
-    layer_decay: float = 0.95
+    layer_decay: float | None = None  # None: the official config's for the model (LAYER_DECAY)
     min_sizes: tuple[int, ...] = MULTI_SCALE  # training: one shorter side per image, at random
     max_size: int = 1333
     test_size: int = 800
@@ -51,8 +62,13 @@ class DetectConfig(RunConfig):
     FREE_ON_RESUME: ClassVar[tuple[str, ...]] = (*RunConfig.FREE_ON_RESUME, "epochs")
 
     def complete(self) -> None:
+        size, family = self.model.rsplit("_", 1)[-1], self.model.split("_", 1)[0]
         if self.drop_path is None:
-            self.drop_path = DROP_PATH.get(self.model.rsplit("_", 1)[-1], 0.0)
+            self.drop_path = DROP_PATH.get(size, 0.0)
+        if self.lr is None:
+            self.lr = LR.get(family, LR["maskrcnn"])
+        if self.layer_decay is None:
+            self.layer_decay = LAYER_DECAY.get(f"{family}_{size}", LAYER_DECAY.get(family, LAYER_DECAY["maskrcnn"]))
         if self.output is None:
             self.output = f"runs/detect-{self.recipe}-{self.model}"
 
@@ -61,9 +77,10 @@ class DetectConfig(RunConfig):
             raise UserError("setting min_sizes=[]: give at least one shorter side")
         if not self.fit_to_run or "lr_steps" in self.given:  # else fit_to_run scales them, then checks
             check_lr_steps(self)
-        if not self.model.startswith(("maskrcnn_convnext_", "fasterrcnn_convnext_")):
-            raise UserError(f"--model {self.model}: a detector is needed, maskrcnn_convnext_{{tiny,small,base}} or "
-                            "fasterrcnn_convnext_* (a classifier's weights go to --backbone)")
+        if not self.model.startswith(DETECTORS):
+            raise UserError(f"--model {self.model}: a detector is needed, maskrcnn_convnext_{{tiny,small,base}}, "
+                            "fasterrcnn_convnext_* or cascade_mask_rcnn_convnext_{tiny,...,xlarge} (a classifier's "
+                            "weights go to --backbone)")
 
 
 RECIPES: dict[str, dict] = {
