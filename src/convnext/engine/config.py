@@ -275,6 +275,23 @@ def apply_fits(config: RunConfig, fits: Iterable[Fit] | Callable[[], Iterable[Fi
     return notes
 
 
+def keep_predated_settings(saved: Mapping, config: RunConfig) -> list[str]:
+    """On resume, a setting the stored run predates takes the value the run had in effect (the field's default)
+    unless the user gives it, so that a recipe gaining a setting (e.g. a new augmentation) still resumes the
+    runs it started before. Changes ``config``; one line per setting so kept. (Defaults of None are filled
+    from other settings by `RunConfig.complete`: those are compared as they are, by `config_changes`.)"""
+    fresh = type(config)()
+    notes = []
+    for item in dataclasses.fields(config):
+        key, default = item.name, getattr(fresh, item.name)
+        if key in saved or key in config.given or key in config.FREE_ON_RESUME or default is None:
+            continue
+        if getattr(config, key) != default:
+            notes.append(f"{key}={json.dumps(default)}: kept as when this run started (it predates the setting)")
+            setattr(config, key, default)
+    return notes
+
+
 def config_changes(saved: Mapping, current: RunConfig) -> list[str]:
     """The settings of a stored run that differ from ``current``, besides those free on resume. A setting
     the stored run predates counts as its default value, so runs of earlier versions stay resumable."""

@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..errors import UserError
 from .checkpoints import CheckpointManager, check_resumable
+from .config import keep_predated_settings
 from .loop import Trainer, train_period
 from .optim import build_optimizer
 from .records import RunLog
@@ -63,8 +64,11 @@ def build_state(task: Task, rt: Runtime, *, fresh: bool, say: Say) -> tuple[RunS
 def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: Say) -> dict:
     config = task.config
     cap_workers(config, say)
-    schedule = task.prepare(rt, say)
     saved = folder.resume_state() if resume else None
+    if saved is not None:
+        for note in keep_predated_settings(saved["config"], config):
+            say(f"resume: {note}")
+    schedule = task.prepare(rt, say)
     if saved is not None:
         check_resumable(saved, folder.last, config, task.classes)
     state, net = build_state(task, rt, fresh=saved is None, say=say)

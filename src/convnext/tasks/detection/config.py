@@ -6,8 +6,11 @@ The official Mask R-CNN ConvNeXt-T config: AdamW lr 1e-4 at 16 images per step (
 small and base), stochastic depth 0.4, mmdet's warm-up (500 iterations rising linearly from 0.001 x lr) and
 step schedule (x0.1 at epochs 27 and 33 of 36; the 1x schedule is mmdet's standard 12 epochs, steps at 8 and
 11), flips, and multi-scale training (shorter side one of 480, 512, ..., 800; longer side at most 1333),
-tested at 800 / 1333. Only ConvNeXt-T has an official Mask R-CNN config; small and base take stochastic depth
-from their official Cascade Mask R-CNN configs (0.6 and 0.7).
+tested at 800 / 1333. The official 3x config adds DETR's augmentation: after the flip, half the images are
+resized to a shorter side of 400, 500 or 600 and cropped to a window 384-600 px high and wide before that
+multi-scale resize (``augment="detr"``, `convnext.tasks.detection.data.CropPolicy`). Only ConvNeXt-T has an
+official Mask R-CNN config; small and base take stochastic depth from their official Cascade Mask R-CNN
+configs (0.6 and 0.7).
 
 The official Cascade Mask R-CNN configs (``cascade_mask_rcnn_convnext_*_giou_4conv1f_adamw_3x``, ImageNet-1K
 backbones) change the optimiser only: lr 2e-4, layer decay 0.7 (0.8 for base); stochastic depth 0.4 / 0.6 /
@@ -32,6 +35,8 @@ DETECTORS = ("maskrcnn_convnext_", "fasterrcnn_convnext_", "cascade_mask_rcnn_co
 # 1e-4 with layer decay 0.95; Cascade Mask R-CNN lr 2e-4 with 0.7 (0.8 for base)
 LR = {"maskrcnn": 1e-4, "fasterrcnn": 1e-4, "cascade": 2e-4}
 LAYER_DECAY = {"maskrcnn": 0.95, "fasterrcnn": 0.95, "cascade": 0.7, "cascade_base": 0.8}
+# "multiscale": flips and the multi-scale resize; "detr": DETR's crop policy too, as the official 3x configs
+AUGMENTS = ("multiscale", "detr")
 
 
 @dataclass
@@ -53,12 +58,16 @@ class DetectConfig(RunConfig):
     min_sizes: tuple[int, ...] = MULTI_SCALE  # training: one shorter side per image, at random
     max_size: int = 1333
     test_size: int = 800
+    # the default is what runs of earlier versions did (a stored run without the key resumes as it started);
+    # the coco_3x recipe sets "detr"
+    augment: str = "multiscale"
 
     RANGES: ClassVar[dict[str, Range]] = {
         **RunConfig.RANGES, "epochs": AT_LEAST_1, "warmup_iters": NON_NEGATIVE,
         "warmup_ratio": Range(0, 1, open_low=True), "lr_batch": AT_LEAST_1, "lr_steps": Range(0, open_low=True),
         "min_sizes": Range(32), "max_size": Range(32), "test_size": Range(32),
     }
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {**RunConfig.CHOICES, "augment": AUGMENTS}
     FREE_ON_RESUME: ClassVar[tuple[str, ...]] = (*RunConfig.FREE_ON_RESUME, "epochs")
 
     def complete(self) -> None:
@@ -84,7 +93,7 @@ class DetectConfig(RunConfig):
 
 
 RECIPES: dict[str, dict] = {
-    "coco_3x": {},
+    "coco_3x": dict(augment="detr"),
     "coco_1x": dict(epochs=12, lr_steps=(8, 11)),
     # the built-in demo on 2 CPU cores: a slim detector on 128 px images (see convnext.tasks.detection.demo), its
     # backbone the slim ConvNeXt of the classification demo

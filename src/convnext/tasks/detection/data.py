@@ -23,9 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as TF
 
 from ...data.images import first_readable, load_image, to_tensor
 from ...errors import UserError
+from .config import MULTI_SCALE
 
 IMAGE_DIR = "images"
 
@@ -220,22 +223,97 @@ class CocoData:
                          masks=torch.from_numpy(masks.astype(np.uint8)), image_id=info["id"])
 
 
+def _joint(op: Callable, image: torch.Tensor, target: dict, **params) -> tuple[torch.Tensor, dict]:
+    """``op``, a geometric function of ``torchvision.transforms.v2.functional``, applied to the image, its
+    boxes and its masks alike (torchvision moves each kind its own way: pixels, coordinates, nearest-neighbour
+    masks); plain tensors in and out, so the detector sees what it always did."""
+    boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=tuple(image.shape[-2:]))
+    image, boxes, masks = (op(x, **params) for x in (image, boxes, tv_tensors.Mask(target["masks"])))
+    return image, {**target, "boxes": boxes.as_subclass(torch.Tensor), "masks": masks.as_subclass(torch.Tensor)}
+
+
 def hflip(image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
     """Mirror an image and its boxes and masks left to right."""
-    width = image.shape[-1]
-    boxes = target["boxes"].clone()
-    boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-    return image.flip(-1), {**target, "boxes": boxes, "masks": target["masks"].flip(-1)}
+    return _joint(TF.horizontal_flip, image, target)
+
+
+def resize_keep_ratio(image: torch.Tensor, target: dict, short: int, max_size: int) -> tuple[torch.Tensor, dict]:
+    """mmdet's ``Resize(keep_ratio=True)`` to ``(short, max_size)``: one scale for both sides, the largest that
+    keeps the shorter side at most ``short`` and the longer at most ``max_size``, sides rounded to the nearest
+    pixel; bilinear without antialiasing (cv2's resize, which the official code uses)."""
+    height, width = image.shape[-2:]
+    scale = min(short / min(height, width), max_size / max(height, width))
+    size = [max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1)]
+    return _joint(TF.resize, image, target, size=size, antialias=False)
+
+
+def crop_window(image: torch.Tensor, target: dict, top: int, left: int, height: int, width: int
+                ) -> tuple[torch.Tensor, dict]:
+    """The window ``(top, left, height, width)`` of an image and its targets, as mmdet's ``RandomCrop``:
+    boxes moved into the window and clipped to it, those left with no area dropped with their masks and
+    labels. An image may be left without any box (``allow_negative_crop``); torchvision's detectors train on
+    such an image as background. (torchvision's ``SanitizeBoundingBoxes`` is not used: it also drops boxes
+    under one pixel, which the recipe keeps.)"""
+    image, target = _joint(TF.crop, image, target, top=top, left=left, height=height, width=width)
+    boxes = target["boxes"]
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return image, {**target, **{k: target[k][keep] for k in ("boxes", "masks", "labels")}}
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    """The crop policy of the official 3x recipe's augmentation (DETR's, through mmdet's ``AutoAugment``):
+    after the flip, each image takes one of two policies with equal chance. This one resizes the image so its
+    shorter side is one of ``sizes`` (longer at most ``max_size``), then crops a window whose height and width
+    are each drawn uniformly from ``crop`` (clipped to the image), anywhere in it (`crop_window`).
+
+    Both policies end alike: a resize to one of the training sizes (the other policy is only that resize).
+    That resize is the detector's own training resize (``min_sizes`` / ``max_size``, inside torchvision's
+    transform), so it is not done here: the data gives the detector either the image as it was or the crop,
+    and every image is resized once at the end, in the one place that always did it."""
+
+    sizes: tuple[int, ...] = (400, 500, 600)
+    crop: tuple[int, int] = (384, 600)
+    max_size: int = 1333
+    chance: float = 0.5  # the share of images taking this policy
+
+    @classmethod
+    def for_sizes(cls, min_sizes: tuple[int, ...], max_size: int) -> CropPolicy:
+        """The official sizes, fitted to a run's own training sizes: ``sizes`` and ``crop`` scaled by
+        ``max(min_sizes) / 800`` (the recipe's largest training size), so that the crop keeps its share of the
+        image a run trains on (the official values at the recipe's sizes); the longer side is capped at the
+        run's ``max_size``, as every resize of the recipe is."""
+        factor = max(min_sizes) / max(MULTI_SCALE)
+        sizes = tuple(max(round(s * factor), 1) for s in cls.sizes)
+        return cls(sizes, (max(round(cls.crop[0] * factor), 1), max(round(cls.crop[1] * factor), 1)), max_size)
+
+    def describe(self) -> str:
+        return (f"DETR crop for {self.chance:.0%} of the images: shorter side {'/'.join(map(str, self.sizes))} "
+                f"(longer <= {self.max_size}), then a crop {self.crop[0]}-{self.crop[1]} px high and wide")
+
+    def __call__(self, image: torch.Tensor, target: dict, rng: np.random.Generator) -> tuple[torch.Tensor, dict]:
+        """The policy, or the image left as it is, as ``rng`` draws."""
+        if rng.random() >= self.chance:
+            return image, target
+        image, target = resize_keep_ratio(image, target, int(rng.choice(self.sizes)), self.max_size)
+        height, width = image.shape[-2:]
+        low, high = self.crop
+        crop_h = int(rng.integers(min(height, low), min(height, high) + 1))
+        crop_w = int(rng.integers(min(width, low), min(width, high) + 1))
+        top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+        return crop_window(image, target, top, left, crop_h, crop_w)
 
 
 class DetectionItems(torch.utils.data.Dataset):
-    """Images and targets for a DataLoader: ``train`` items are ``(index, epoch)`` (from ``EpochSampler``)
-    and flipped with probability ``flip`` by a generator seeded from ``(seed, epoch, index)``, so a resumed
-    run sees the same flips. An unreadable image is replaced by the next readable one and its index
-    returned for the report (else -1)."""
+    """Images and targets for a DataLoader: ``train`` items are ``(index, epoch)`` (from ``EpochSampler``),
+    flipped with probability ``flip``, then given to ``policy`` (e.g. `CropPolicy`) when there is one, all
+    drawn from a generator seeded from ``(seed, epoch, index)``, so a resumed run sees the same flips and
+    crops (without a policy, the draws are those of earlier versions). An unreadable image is replaced by the
+    next readable one and its index returned for the report (else -1)."""
 
-    def __init__(self, source: CocoData, *, train: bool, flip: float = 0.5, seed: int = 0):
-        self.source, self.train, self.flip, self.seed = source, train, flip, seed
+    def __init__(self, source: CocoData, *, train: bool, flip: float = 0.5, seed: int = 0,
+                 policy: Callable[[torch.Tensor, dict, np.random.Generator], tuple[torch.Tensor, dict]] | None = None):
+        self.source, self.train, self.flip, self.seed, self.policy = source, train, flip, seed, policy
 
     def __len__(self) -> int:
         return len(self.source)
@@ -250,8 +328,11 @@ class DetectionItems(torch.utils.data.Dataset):
             return to_tensor(img), target, -1
         (img, target), bad = first_readable(self.source, index)
         image = to_tensor(img)
-        if np.random.default_rng((self.seed, epoch, index)).random() < self.flip:
+        rng = np.random.default_rng((self.seed, epoch, index))
+        if rng.random() < self.flip:
             image, target = hflip(image, target)
+        if self.policy is not None:
+            image, target = self.policy(image, target, rng)
         return image, target, bad
 
 

@@ -18,7 +18,7 @@ from ...engine.runtime import Runtime
 from ...engine.task import Say, Schedule, StepOutput, Task
 from ...errors import UserError
 from .config import DetectConfig, fit_to_run, lr_factor
-from .data import DetectionItems, collate, load_datasets
+from .data import CropPolicy, DetectionItems, collate, load_datasets
 from .demo import demo_data
 from .evaluate import evaluate_detector
 from .predict import build_run_detector
@@ -55,7 +55,10 @@ class DetectionTask(Task):
             f"decay {config.layer_decay:g}, drop path {config.drop_path:g}; {config.epochs} epochs, lr x0.1 after "
             f"epochs {', '.join(f'{s:g}' for s in config.lr_steps)}; training shorter sides "
             f"{list(config.min_sizes)} (longer <= {config.max_size}), test {config.test_size}")
-        items = DetectionItems(self.train, train=True, flip=config.hflip, seed=config.seed)
+        policy = CropPolicy.for_sizes(config.min_sizes, config.max_size) if config.augment == "detr" else None
+        if policy is not None:
+            say(f"augmentation: flips, the {policy.describe()}, then the multi-scale resize")
+        items = DetectionItems(self.train, train=True, flip=config.hflip, seed=config.seed, policy=policy)
         self.sampler = EpochSampler(items, world_size=rt.world_size, rank=rt.rank, seed=config.seed)
         # no generator of its own: the loader draws from the global one, as detection runs always did (the
         # random stream, and with it the demo's figures, stays that of earlier versions)
