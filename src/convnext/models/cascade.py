@@ -108,6 +108,10 @@ class CascadeRoIHeads(nn.Module):
     detections_per_img = property(lambda self: self.stages[-1].detections_per_img,
                                   lambda self, v: setattr(self.stages[-1], "detections_per_img", v))
 
+    def has_mask(self) -> bool:
+        """torchvision's question to RoI heads (every stage has a mask head)."""
+        return True
+
     def forward(self, features: OrderedDict[str, torch.Tensor], proposals: list[torch.Tensor],
                 image_shapes: list[tuple[int, int]], targets: list[dict] | None = None
                 ) -> tuple[list[dict], dict[str, torch.Tensor]]:

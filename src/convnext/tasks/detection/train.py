@@ -70,6 +70,8 @@ class DetectionTask(Task):
     def build_model(self, rt: Runtime, fresh: bool, say: Say) -> nn.Module:
         config = self.config
         model = build_run_detector(config, len(self.classes) + 1)
+        if rt.world_size > 1:  # the cascade's box heads normalise over the RoIs of every process, as the official
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # configs' SyncBN (a no-op without BatchNorm)
         if fresh and config.backbone:
             say(model.load_weights(config.backbone, config.backbone_key))
         elif fresh:
