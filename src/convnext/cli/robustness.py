@@ -21,17 +21,25 @@ def add_parser(sub: Commands) -> None:
 def _args(p: argparse.ArgumentParser) -> None:
     from ..tasks.robustness.suites import SUITES
 
-    p.add_argument("--checkpoint", metavar="CKPT", help="weights of any supported layout")
+    p.add_argument("--checkpoint", metavar="CKPT", help="weights of any supported layout; for a timm model a "
+                   "state dict of timm's layout (.safetensors, .pth, .bin); `random`: untrained, for smoke tests")
     p.add_argument("--pretrained", nargs="?", const=True, default=False, metavar="TAG",
-                   help="released weights of --model instead (the default tag when TAG is left out)")
-    p.add_argument("--model", help="model name (default: the one a `convnext train` checkpoint names)")
+                   help="released ConvNeXt weights of --model instead (the default tag when TAG is left out)")
+    p.add_argument("--model", help="model name, or timm:NAME for any timm classifier, preprocessed as timm does "
+                   "(default: the one a `convnext train` checkpoint names)")
+    p.add_argument("--contender", action="append", default=[], metavar="NAME=WEIGHTS",
+                   help="another model scored on the same images, a row of its own (repeatable): timm:NAME=FILE, "
+                   "CONVNEXT_NAME=FILE, a released CONVNEXT_NAME.TAG, a `convnext train` checkpoint FILE; "
+                   "WEIGHTS `random` for a smoke test. Without --checkpoint/--model the contenders are the rows")
     p.add_argument("--suite", default="c", help=f"comma-separated, from {','.join(SUITES)} (default c)")
     p.add_argument("--data", action="append", default=[], metavar="SUITE=DIR",
                    help="data folder of a suite (repeatable; a bare DIR serves the only suite). c: an ImageNet-C "
                    "tree, or any clean folder of class sub-folders to corrupt on the fly; without one, c and "
                    "clean use the held-out built-in digits")
-    p.add_argument("--baseline", metavar="CKPT", help="a second checkpoint: CE relative to it for every model")
-    p.add_argument("--baseline-model", metavar="M", help="the baseline's model name, when its file does not say")
+    p.add_argument("--baseline", metavar="CKPT", help="the baseline's weights (as --checkpoint): CE relative to "
+                   "it for every model")
+    p.add_argument("--baseline-model", metavar="M", help="the baseline's model name (timm:NAME for timm's), when "
+                   "its file does not say")
     p.add_argument("--corruptions", help="comma-separated subset of ImageNet-C corruptions (default: the 15 of "
                    "mCE; speckle_noise, gaussian_blur, spatter, saturate may be added)")
     p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated, 1-5 (default all)")
@@ -47,18 +55,6 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--demo", action="store_true", help="train the digits demo's ConvNeXt and ResNet baseline "
                    "(once), then corrupt the held-out digits")
     p.set_defaults(func=run)
-
-
-def _subject(label: str, checkpoint: str | None, model: str | None, pretrained: bool | str = False):
-    from ..tasks.loading import load_model
-    from ..tasks.robustness.runner import Subject, identity_of
-
-    if checkpoint is None and not pretrained and (model is None or "." not in model):
-        raise UserError("give --checkpoint CKPT, or --model with --pretrained [TAG] (or --demo)")
-    if model is None and checkpoint is None:
-        raise UserError("--pretrained needs --model")
-    module = load_model(model, checkpoint=checkpoint, pretrained=pretrained)  # a run checkpoint names its model
-    return Subject(label, module, identity_of(checkpoint, getattr(module, "model_name", model), pretrained))
 
 
 def _list(text: str | None, kind=str) -> list | None:
@@ -96,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
                         f"{args.workers}")
     quiet = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
-    output, suites, subjects = _demo(args, quiet) if args.demo else _given(args)
-    report = evaluate_robustness(subjects[0], suites, baseline=subjects[1] if len(subjects) > 1 else None,
+    output, suites, subjects, baseline = _demo(args, quiet) if args.demo else _given(args)
+    report = evaluate_robustness(subjects[0], suites, baseline=baseline, contenders=subjects[1:],
                                  output=output / "results", corruptions=_list(args.corruptions),
                                  severities=tuple(_list(args.severities, int) or SEVERITIES), seed=args.seed,
                                  batch_size=args.batch_size, workers=args.workers, device=parse_device(args.device),
@@ -114,27 +110,67 @@ def run(args: argparse.Namespace) -> int:
     return _demo_verdict(report, time.perf_counter() - start, quiet) if args.demo else 0
 
 
-def _demo(args: argparse.Namespace, say) -> tuple[Path, dict[str, str | None], list]:
+def _demo(args: argparse.Namespace, say) -> tuple[Path, dict[str, str | None], list, object]:
     """--demo: the output folder, the suites and the two models the demo trains (once) and scores."""
     from ..tasks.robustness.demo import DEMO_MODELS, demo_subjects
 
-    if args.checkpoint or args.pretrained or args.baseline or args.data:
-        raise UserError("--demo trains and scores its own two models on the digits: leave out the weights and --data")
+    if args.checkpoint or args.pretrained or args.baseline or args.data or args.contender:
+        raise UserError("--demo trains and scores its own two models on the digits: leave out the weights, "
+                        "--contender and --data")
     output = Path(args.output or "runs/robustness-demo")
     say(f"demo: training {' and '.join(DEMO_MODELS)} on the digits (once; kept in {output})")
-    return output, {"c": None}, demo_subjects(output, log=lambda text: None)
+    model, baseline = demo_subjects(output, log=lambda text: None)
+    return output, {"c": None}, [model], baseline
 
 
-def _given(args: argparse.Namespace) -> tuple[Path, dict[str, str | None], list]:
-    """The output folder, the suites and the model (and baseline) the command line names."""
+def _given(args: argparse.Namespace) -> tuple[Path, dict[str, str | None], list, object]:
+    """The output folder, the suites, the models the command line names (--model first, then each
+    --contender) and the baseline (or None)."""
+    from ..tasks.robustness import load_subject
+
     output = Path(args.output or "runs/robustness")
     suites = _suites(args)
-    subjects = [_subject("model", args.checkpoint, args.model, args.pretrained)]
     if args.plot and not {"c", "cbar"} & set(suites):
         raise UserError("--plot draws error against severity: it needs suite c or cbar")
+    named = args.checkpoint or args.model or args.pretrained
+    if not named and not args.contender:
+        raise UserError("give --checkpoint CKPT, --model with --pretrained [TAG], or --contender NAME=WEIGHTS "
+                        "(or --demo)")
+    subjects = [load_subject("model", args.model, args.checkpoint, args.pretrained)] if named else []
+    subjects += _contenders(args.contender, taken={"model", "baseline"})
+    baseline = None
     if args.baseline:
-        subjects.append(_subject("baseline", args.baseline, args.baseline_model))
-    return output, suites, subjects
+        baseline = load_subject("baseline", args.baseline_model, args.baseline)
+    elif args.baseline_model:
+        raise UserError("--baseline-model names the model of --baseline WEIGHTS: give that too")
+    return output, suites, subjects, baseline
+
+
+_WEIGHT_FILES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".xml")
+
+
+def _contenders(specs: list[str], taken: set[str]) -> list:
+    """One model per ``--contender NAME[=WEIGHTS]`` (a bare FILE: a checkpoint that names its model), each
+    labelled by its model's name; a second use of a name takes its weights file's stem, then a number."""
+    from ..tasks.robustness.subjects import RANDOM, TIMM, load_subject
+
+    subjects, taken = [], set(taken)
+    for spec in specs:
+        name, sep, weights = spec.partition("=")
+        if not sep and not name.startswith(TIMM) and (Path(name).exists() or Path(name).suffix in _WEIGHT_FILES):
+            name, weights = None, spec  # a checkpoint that records its model
+        subject = load_subject("contender", name, weights or None)
+        label = subject.identity["model"].removeprefix(TIMM)
+        if label in taken and weights and weights != RANDOM:
+            label = f"{label}-{Path(weights).stem}"
+        base, count = label, 1
+        while label in taken:
+            count += 1
+            label = f"{base}-{count}"
+        subject.label = label
+        taken.add(label)
+        subjects.append(subject)
+    return subjects
 
 
 def _demo_verdict(report: dict, seconds: float, say) -> int:

@@ -442,6 +442,16 @@ def load_checkpoint(
             del state_dict[k]
         optional |= {k for k in ("head.weight", "head.bias") if k in target}
 
+    report = check_fit(model_name(model), state_dict, target, optional=optional, strict=strict)
+    model.load_state_dict(state_dict, strict=False)
+    return report
+
+
+def check_fit(name: str, state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,
+              optional: set[str] = frozenset(), strict: bool = True) -> LoadReport:
+    """Whether a state dict fits a model's (``target``): a wrong shape, or with ``strict`` a missing or extra
+    key, is one error naming the first few keys, so a file of another model never loads half-way. Shared by
+    every loader (ours, and timm models scored beside ours) so all misfits read alike."""
     missing = sorted(set(target) - set(state_dict) - optional)
     unexpected = sorted(set(state_dict) - set(target))
     mismatched = sorted(
@@ -449,14 +459,12 @@ def load_checkpoint(
         for k, v in state_dict.items() if k in target and v.shape != target[k].shape
     )
     if mismatched or (strict and (missing or unexpected)):
-        name = model_name(model)
         parts = []
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if items:
                 shown = ", ".join(items[:4]) + (f", ... ({len(items)} in all)" if len(items) > 4 else "")
                 parts.append(f"{label} keys: {shown}")
         raise UserError(f"checkpoint does not fit {name} (is it another model's?): {'; '.join(parts)}")
-    model.load_state_dict(state_dict, strict=False)
     return LoadReport(missing, unexpected)
 
 

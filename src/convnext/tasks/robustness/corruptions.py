@@ -9,6 +9,7 @@ same image with the same seed always gives the same pixels, whichever worker or 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,19 @@ def corrupt_image(img: Image.Image, corruption: str, severity: int, *, seed: int
     return Image.fromarray(pixels)
 
 
+def geometry(config: dict) -> Callable[[Image.Image], torch.Tensor]:
+    """The resize and crop of a model's evaluation preprocessing, as pixels in [0, 1] (the corruptions act on
+    them before normalisation): ours (`eval_transform`), or timm's own eval transform for a timm model
+    (``pipeline: timm``), so its crop mode and rounding are exactly what timm evaluates with."""
+    identity = dict(config, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    if config.get("pipeline") != "timm":
+        return eval_transform(identity)
+    from timm.data import create_transform
+
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    return create_transform(**{key: identity[key] for key in keys if key in identity}, is_training=False)
+
+
 class CorruptedImages(Dataset):
     """A clean image set seen through a model's evaluation preprocessing, with one corruption applied after
     the resize and crop (as ImageNet-C was made from 224-pixel centre crops), then normalised.
@@ -81,8 +95,7 @@ class CorruptedImages(Dataset):
     def __init__(self, source, config: dict, corruption: str | None = None, severity: int = 1, seed: int = 0):
         self.source, self.corruption, self.severity, self.seed = source, corruption, severity, seed
         self.size = tuple(config["input_size"])
-        # eval_transform with an identity normalisation gives the resized, cropped pixels in [0, 1]
-        self.geometry = eval_transform(dict(config, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)))
+        self.geometry = geometry(config)
         self.mean = torch.tensor(config["mean"]).view(3, 1, 1)
         self.std = torch.tensor(config["std"]).view(3, 1, 1)
         if corruption is not None:

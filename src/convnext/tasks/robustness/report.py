@@ -88,8 +88,9 @@ def format_table(summary: dict) -> str:
     error of each corruption and severity."""
     rows = {label: _row(suites) for label, suites in summary.items()}
     shown = [i for i in range(len(COLUMNS)) if any(row[i] is not None for row in rows.values())]
-    lines = [f"{'model':<12} " + " ".join(f"{COLUMNS[i]:>8}" for i in shown)]
-    lines += [f"{label:<12} " + " ".join(_cell(row[i]) for i in shown) for label, row in rows.items()]
+    width = max([12, *map(len, rows)])  # timm names run long: the label column grows to the longest
+    lines = [f"{'model':<{width}} " + " ".join(f"{COLUMNS[i]:>8}" for i in shown)]
+    lines += [f"{label:<{width}} " + " ".join(_cell(row[i]) for i in shown) for label, row in rows.items()]
     lines.append("clean, A, R, Sketch: top-1 %; C mCE: % of AlexNet's error (ImageNet only); C err, C-bar: mean "
                  "top-1 error %; C relCE: mean CE as % of the baseline's (lower is more robust)")
     for label, suites in summary.items():

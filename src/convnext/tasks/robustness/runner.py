@@ -2,7 +2,7 @@
 
 Work is split into jobs: one (corruption, severity) folder or on-the-fly set, or one whole suite (clean, A, R,
 Sketch). Each finished job is written at once (atomically) under ``output/<label>/``, stamped with what it
-depends on (weights, data, preprocessing, seed); a rerun skips every job whose stamp still matches, so an
+depends on (model name, weights, data, preprocessing, seed); a rerun skips every job whose stamp still matches, so an
 interrupted ImageNet-C run continues where it stopped. Models with the same preprocessing share one pass
 over the images, so on-the-fly corruptions are made once for a model and its baseline.
 """
@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ...data.images import Digits, EvalImages, ImageFolder
+from ...data.images import Digits, ImageFolder
 from ...errors import UserError
 from ..classification.evaluate import evaluate
 from .corruptions import COMMON, SEVERITIES, CorruptedImages, check_corruptions
@@ -43,11 +43,13 @@ _PREPROCESSING = ("input_size", "crop_pct", "interpolation", "mean", "std")
 @dataclass
 class Subject:
     """A model under test: its label in reports and folder names, the module, and what identifies its
-    weights (so stored results are reused only for the same weights)."""
+    weights (so stored results are reused only for the same weights). ``data_config`` overrides the
+    module's ``pretrained_cfg`` as the preprocessing: a timm model's comes from timm's own resolver."""
 
     label: str
     model: nn.Module
     identity: dict = field(default_factory=dict)
+    data_config: dict | None = None
 
     def __post_init__(self):
         # the weights themselves decide whether stored results are this model's: a file name may be reused
@@ -55,6 +57,8 @@ class Subject:
 
     @property
     def preprocessing(self) -> dict:
+        if self.data_config is not None:
+            return json.loads(json.dumps(self.data_config))
         cfg = self.model.pretrained_cfg
         return json.loads(json.dumps({key: cfg[key] for key in _PREPROCESSING if key in cfg}))
 
@@ -64,7 +68,7 @@ class Subject:
 
     @property
     def label_names(self) -> list[str] | None:
-        return self.model.pretrained_cfg.get("label_names")
+        return (getattr(self.model, "pretrained_cfg", None) or {}).get("label_names")
 
 
 @dataclass
@@ -141,12 +145,12 @@ def suite_jobs(suite: str, data: str | os.PathLike | None, *, corruptions: list[
         for (name, severity), folder in folders.items():
             source = ImageFolder(folder)
             jobs.append(Job(suite, name, severity, source, str(folder.resolve()),
-                            lambda cfg, source=source: EvalImages(source, cfg)))
+                            lambda cfg, source=source: CorruptedImages(source, cfg)))
         return jobs
     if data is None and suite != "clean":
         raise UserError(f"{SUITE_NAMES[suite]} needs its image folder: --data {suite}=DIR")
     source, where = _clean_source(data)
-    return [Job(suite, None, None, source, where, lambda cfg: EvalImages(source, cfg))]
+    return [Job(suite, None, None, source, where, lambda cfg: CorruptedImages(source, cfg))]
 
 
 class _Restrict(nn.Module):
@@ -177,9 +181,10 @@ def scorer(subject: Subject, job: Job) -> tuple[nn.Module, torch.Tensor, int]:
 
 
 def _stamp(subject: Subject, job: Job) -> dict:
-    """Everything a stored result depends on."""
-    stamp = dict(weights=subject.identity["digest"], data=job.where, images=len(job.source),
-                 preprocessing=subject.preprocessing, seed=job.seed)
+    """Everything a stored result depends on: the model's name (a timm name, ``timm:...``, or ours) and
+    weights digest, the data, the preprocessing and the corruption seed."""
+    stamp = dict(model=subject.identity.get("model"), weights=subject.identity["digest"], data=job.where,
+                 images=len(job.source), preprocessing=subject.preprocessing, seed=job.seed)
     return json.loads(json.dumps(stamp))
 
 
