@@ -85,51 +85,10 @@ def test_inference_returns_boxes_labels_scores_and_masks():
         assert 0 <= row["masks"].min() and row["masks"].max() <= 1
 
 
-def _mmdet_state(model, dims, fpn, width, classes):
-    """A state dict named and shaped as mmdetection's CascadeRCNN with the official ConvNeXt configs, written
-    from mmdet's module names (not from our key map): random values."""
-    g = torch.Generator().manual_seed(1)
-    state = {f"backbone.{k}": torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-             for k, v in model.backbone.body.state_dict().items()}
-
-    def put(key, *shape):
-        state[key] = torch.randn(*shape, generator=g)
-
-    for i, d in enumerate(dims):
-        put(f"neck.lateral_convs.{i}.conv.weight", fpn, d, 1, 1)
-        put(f"neck.lateral_convs.{i}.conv.bias", fpn)
-        put(f"neck.fpn_convs.{i}.conv.weight", fpn, fpn, 3, 3)
-        put(f"neck.fpn_convs.{i}.conv.bias", fpn)
-    for name, out, k in (("rpn_conv", fpn, 3), ("rpn_cls", 3, 1), ("rpn_reg", 12, 1)):
-        put(f"rpn_head.{name}.weight", out, fpn, k, k)
-        put(f"rpn_head.{name}.bias", out)
-    for s in range(3):
-        box, mask = f"roi_head.bbox_head.{s}", f"roi_head.mask_head.{s}"
-        for c in range(4):
-            put(f"{box}.shared_convs.{c}.conv.weight", fpn, fpn, 3, 3)  # ConvModule with a norm: no bias
-            for p in ("weight", "bias", "running_mean"):
-                put(f"{box}.shared_convs.{c}.bn.{p}", fpn)
-            state[f"{box}.shared_convs.{c}.bn.running_var"] = torch.rand(fpn, generator=g) + 0.5
-            state[f"{box}.shared_convs.{c}.bn.num_batches_tracked"] = torch.tensor(7)
-            put(f"{mask}.convs.{c}.conv.weight", fpn, fpn, 3, 3)
-            put(f"{mask}.convs.{c}.conv.bias", fpn)
-        put(f"{box}.shared_fcs.0.weight", width, fpn * 7 * 7)
-        put(f"{box}.shared_fcs.0.bias", width)
-        put(f"{box}.fc_cls.weight", classes + 1, width)  # the background last
-        put(f"{box}.fc_cls.bias", classes + 1)
-        put(f"{box}.fc_reg.weight", 4 * classes, width)
-        put(f"{box}.fc_reg.bias", 4 * classes)
-        put(f"{mask}.upsample.weight", fpn, fpn, 2, 2)
-        put(f"{mask}.upsample.bias", fpn)
-        put(f"{mask}.conv_logits.weight", classes, fpn, 1, 1)
-        put(f"{mask}.conv_logits.bias", classes)
-    return state
-
-
-def test_an_mmdet_cascade_checkpoint_loads_strictly_tensor_for_tensor(tmp_path):
+def test_an_mmdet_cascade_checkpoint_loads_strictly_tensor_for_tensor(tmp_path, mmdet_cascade_state):
     args = {**SMALL, "head_width": 48}
     model = build_cascade("tiny", num_classes=4, **args)
-    mmdet = _mmdet_state(model, args["dims"], args["fpn_channels"], args["head_width"], classes=3)
+    mmdet = mmdet_cascade_state(model, args["dims"], args["fpn_channels"], args["head_width"], classes=3)
     path = tmp_path / "cascade_mask_rcnn_convnext_tiny_1k_3x.pth"
     torch.save({"state_dict": mmdet, "meta": {"CLASSES": ("a", "b", "c"), "epoch": 36}}, path)
     assert "detector weights" in model.load_weights(path)

@@ -129,7 +129,8 @@ class CascadeRoIHeads(nn.Module):
     def _decode(stage: RoIHeads, deltas: torch.Tensor, labels: torch.Tensor, rois: list[torch.Tensor],
                 image_shapes) -> list[torch.Tensor]:
         """Each RoI moved by the deltas of its class (``labels`` >= 1), clipped to its image."""
-        picked = deltas.view(len(deltas), -1, 4)[torch.arange(len(deltas), device=deltas.device), labels - 1]
+        picked = deltas.view(len(deltas), deltas.shape[1] // 4, 4)[torch.arange(len(deltas), device=deltas.device),
+                                                                  labels - 1]
         boxes = stage.box_coder.decode_single(picked, torch.cat(rois)).split([len(r) for r in rois])
         return [clip_boxes_to_image(b, shape) for b, shape in zip(boxes, image_shapes, strict=True)]
 
@@ -170,11 +171,9 @@ class CascadeRoIHeads(nn.Module):
         # torchvision's post-processing decodes every class's deltas: the background's are zeros
         deltas = torch.cat([deltas.new_zeros(len(deltas), 4), deltas], dim=1)
         boxes, scores, labels = last.postprocess_detections(torch.stack(scores).mean(0), deltas, rois, image_shapes)
-        masks = [torch.zeros_like(b[:, :1, None, None].expand(-1, 1, 28, 28)) for b in boxes]
-        for stage in self.stages:
-            logits = stage.mask_predictor(stage.mask_head(stage.mask_roi_pool(features, boxes, image_shapes)))
-            probs = maskrcnn_inference(logits, [lab - 1 for lab in labels])
-            masks = [m + p / len(self.stages) for m, p in zip(masks, probs, strict=True)]
+        per_stage = [maskrcnn_inference(stage.mask_predictor(stage.mask_head(stage.mask_roi_pool(
+            features, boxes, image_shapes))), [lab - 1 for lab in labels]) for stage in self.stages]
+        masks = [torch.stack(probs).mean(0) for probs in zip(*per_stage, strict=True)]
         return [dict(boxes=b, labels=lab, scores=s, masks=m)
                 for b, lab, s, m in zip(boxes, labels, scores, masks, strict=True)]
 

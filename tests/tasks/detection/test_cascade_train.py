@@ -72,3 +72,32 @@ def test_the_demo_refuses_another_model(capsys):
     assert main(["detect", "demo", "--model", "upernet_convnext_tiny"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the demo trains" in err[0]
+
+
+def test_an_official_cascade_file_predicts_with_cocos_names(tmp_path, monkeypatch, capsys, mmdet_cascade_state):
+    import convnext.tasks.detection.predict as predict
+    from convnext.models import build_model
+
+    assert predict.released_size({f"backbone.norm{i}.weight": torch.zeros(d) for i, d in
+                                  enumerate([128, 256, 512, 1024])} | {
+        f"backbone.stages.{i}.{b}.gamma": torch.zeros(1) for i, n in enumerate([3, 3, 27, 3]) for b in range(n)}
+    ) == "base"
+    names, ids = predict.coco_categories()
+    assert len(names) == 80 and names[0] == "person" and ids[:3] == [1, 2, 3] and ids[-1] == 90
+    # an official file of the tiny size, its shapes shrunk (widths of SMALL, three classes) to keep the test light
+    small = build_model(CASCADE, num_classes=4, **MODEL_ARGS)
+    mmdet = mmdet_cascade_state(small, MODEL_ARGS["dims"], MODEL_ARGS["fpn_channels"], MODEL_ARGS["head_width"],
+                                classes=3)
+    path = tmp_path / "cascade_mask_rcnn_convnext_tiny_1k_3x.pth"
+    torch.save({"state_dict": mmdet, "meta": {"CLASSES": ("cat", "dog", "fox")}}, path)
+    monkeypatch.setattr(predict, "released_size", lambda state: "tiny")
+    monkeypatch.setattr(predict, "build_model", lambda name, **kw: build_model(name, **kw, **MODEL_ARGS))
+    model, classes, cat_ids = predict.load_detector(path)
+    assert classes == ["cat", "dog", "fox"] and cat_ids == [1, 2, 3] and not model.training
+    assert torch.equal(model.roi_heads.stages[1].box_predictor.bbox_pred.weight,
+                       mmdet["roi_head.bbox_head.1.fc_reg.weight"])
+    image = tmp_path / "photo.png"
+    from PIL import Image
+    Image.new("RGB", (64, 48), (90, 120, 30)).save(image)
+    assert main(["detect", "predict", str(image), "--checkpoint", str(path), "--score", "0"]) == 0
+    assert "photo.png:" in capsys.readouterr().out

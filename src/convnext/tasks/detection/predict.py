@@ -11,8 +11,10 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from ...data.images import load_image, to_tensor
 from ...errors import UserError
 from ...files import atomic_write
-from ...models import build_model
+from ...models import MODEL_ARCHS, build_model
+from ...models.cascade import SIZES as CASCADE_SIZES
 from ...weights import read_checkpoint_file
+from ...weights.detection import is_mmdet_detector
 from .config import DetectConfig
 from .evaluate import to_results
 
@@ -25,8 +27,11 @@ def build_run_detector(config: DetectConfig, num_classes: int) -> nn.Module:
 
 
 def load_detector(checkpoint: str | Path) -> tuple[nn.Module, list[str], list[int]]:
-    """A detector a `convnext detect train` run saved, in eval mode, with its category names and json ids."""
+    """A detector a `convnext detect train` run saved, or an official released Cascade Mask R-CNN file, in eval
+    mode, with its category names and json ids."""
     raw = read_checkpoint_file(Path(checkpoint))
+    if isinstance(raw.get("state_dict"), dict) and is_mmdet_detector(raw["state_dict"]):
+        return _released_cascade(raw, checkpoint)
     if not isinstance(raw.get("config"), dict) or "category_ids" not in raw:
         raise UserError(f"{checkpoint} is not a checkpoint of `convnext detect train` (no config and categories)")
     model = build_run_detector(DetectConfig.from_dict(raw["config"]), len(raw["classes"]) + 1)
@@ -36,6 +41,45 @@ def load_detector(checkpoint: str | Path) -> tuple[nn.Module, list[str], list[in
         raise UserError(f"{checkpoint} does not fit the detector its config describes: "
                         f"{str(err).strip().splitlines()[0]}") from None
     return model.eval(), list(raw["classes"]), list(raw["category_ids"])
+
+
+def coco_categories() -> tuple[list[str], list[int]]:
+    """COCO's 80 category names and json ids, from torchvision's package data (its detection weights' meta
+    lists the names by category id, with "N/A" at the unused ids)."""
+    from torchvision.models.detection import MaskRCNN_ResNet50_FPN_Weights
+
+    names = MaskRCNN_ResNet50_FPN_Weights.DEFAULT.meta["categories"]
+    ids = [i for i, name in enumerate(names) if i and name != "N/A"]
+    return [names[i] for i in ids], ids
+
+
+def _released_cascade(raw: dict, checkpoint: str | Path) -> tuple[nn.Module, list[str], list[int]]:
+    """An official Cascade Mask R-CNN file (mmdet's names): its size read from the backbone's shapes, its
+    classes from the file's meta (COCO's json ids when they are COCO's 80)."""
+    state = raw["state_dict"]
+    size = released_size(state)
+    if size not in CASCADE_SIZES or "roi_head.bbox_head.0.fc_cls.weight" not in state:
+        raise UserError(f"{checkpoint} holds a mmdetection detector other than the official Cascade Mask R-CNN on "
+                        f"ConvNeXt-T/S/B/L/XL")
+    num_classes = int(state["roi_head.bbox_head.0.fc_cls.weight"].shape[0])  # the background included
+    model = build_model(f"cascade_mask_rcnn_convnext_{size}", num_classes=num_classes)
+    model.load_weights(checkpoint)
+    coco_names, coco_ids = coco_categories()
+    names = [str(n) for n in (raw.get("meta") or {}).get("CLASSES") or coco_names][:num_classes - 1]
+    if len(names) != num_classes - 1:
+        raise UserError(f"{checkpoint} names {len(names)} classes for a classifier of {num_classes - 1}")
+    # the released files are COCO's: their 80 classes in COCO's order, scored under COCO's json ids
+    ids = coco_ids if len(names) == len(coco_ids) else list(range(1, len(names) + 1))
+    return model.eval(), names, ids
+
+
+def released_size(state: dict) -> str | None:
+    """The ConvNeXt size (tiny, ..., xlarge) of an official detection file, from its backbone's widths and
+    depths; None for another backbone."""
+    dims = [int(state[key].shape[0]) for i in range(4) if (key := f"backbone.norm{i}.weight") in state]
+    depths = [len({k.split(".")[3] for k in state if k.startswith(f"backbone.stages.{i}.")}) for i in range(4)]
+    return next((name.removeprefix("convnext_") for name, (_, arch) in MODEL_ARCHS.items()
+                 if list(arch.get("dims", ())) == dims and list(arch.get("depths", ())) == depths), None)
 
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
