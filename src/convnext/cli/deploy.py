@@ -88,7 +88,7 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
                    "instead of inference")
     p.add_argument("--peers", help="comma-separated peers, or none (default hf,timm,torchvision,onnxruntime,"
                    "openvino: the last two run our exported ONNX graph; absent ones are skipped)")
-    p.add_argument("--rounds", type=int, help="timed rounds per implementation (default 5; with --table 12, 3 on "
+    p.add_argument("--rounds", type=int, help="timed rounds per implementation (default 5; with --table 12, 5 on "
                    "CPU, 10 on CUDA)")
     p.add_argument("--warmup", type=int, help="untimed steps first (default 2; with --table 12, 2 on CPU, 50 on "
                    "CUDA)")

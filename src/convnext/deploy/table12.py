@@ -65,7 +65,7 @@ TORCHVISION_SWIN = {"swin_tiny_patch4_window7_224": "swin_t", "swin_small_patch4
                     "swin_base_patch4_window7_224": "swin_b"}
 # CPU: short enough for a few minutes on two busy cores; CUDA: the paper's protocol as far as it is written
 # (Swin's --throughput: batch 64, 50 warm-up forwards), in rounds of about half a second.
-DEFAULTS = {"cpu": dict(batch=1, rounds=3, warmup=2, res=(224,)),
+DEFAULTS = {"cpu": dict(batch=1, rounds=5, warmup=2, res=(224,)),
             "cuda": dict(batch=64, rounds=10, warmup=50, res=(224, 384))}
 
 
