@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Commands, add_device, add_weights, parse_device
+from .common import Commands, add_device, add_output, add_weights, parse_device
 
 
 def add_export(sub: Commands) -> None:
@@ -62,17 +62,21 @@ def _export(args: argparse.Namespace) -> int:
 
 def add_benchmark(sub: Commands) -> None:
     sub.add("benchmark", _benchmark_args, help="images/s of our models against Hugging Face, timm and torchvision, "
-            "measured side by side in one process")
+            "measured side by side in one process; --table 12: the paper's comparison with Swin")
 
 
 def _benchmark_args(p: argparse.ArgumentParser) -> None:
     from ..deploy import benchmark
 
-    p.add_argument("--model", required=True, help="one or more models, comma-separated (e.g. the family, "
-                   "for --plot)")
-    p.add_argument("--batch", help="batch sizes, comma-separated (default 1,32; 16 with --train)")
-    p.add_argument("--res", type=int, default=224, help="input resolution (default 224)")
-    p.add_argument("--dtype", choices=list(benchmark.DTYPES), default="fp32",
+    p.add_argument("--table", metavar="12", help="the paper's Table 12: ConvNeXt against timm's Swin at 224 and "
+                   "384, beside the paper's A100 figures; writes table12.md and table12.json to --output")
+    p.add_argument("--model", help="one or more models, comma-separated (e.g. the family, for --plot); with "
+                   "--table 12, sizes: tiny,small,base,large,xlarge (default all)")
+    p.add_argument("--batch", help="batch sizes, comma-separated (default 1,32; 16 with --train); with --table 12 "
+                   "one size (default 1 on CPU, 64 on CUDA)")
+    p.add_argument("--res", help="input resolution (default 224); with --table 12, 224 and/or 384, comma-separated "
+                   "(default 224 on CPU, both on CUDA)")
+    p.add_argument("--dtype", choices=list(benchmark.DTYPES),
                    help="fp32, bf16/fp16 autocast, or int8 (our INT8 model; default fp32)")
     p.add_argument("--int8-model", metavar="FILE.xml", help="with --dtype int8: time this `convnext quantize` "
                    "file (default: --model quantized on random images)")
@@ -82,45 +86,51 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
                    help="torch.compile every implementation (optionally a mode, e.g. max-autotune)")
     p.add_argument("--train", action="store_true", help="time training steps (forward, backward, AdamW) "
                    "instead of inference")
-    p.add_argument("--peers", default=",".join(benchmark.PEERS + benchmark.RUNTIMES),
-                   help="comma-separated peers, or none (default hf,timm,torchvision,onnxruntime,openvino: the "
-                   "last two run our exported ONNX graph; absent ones are skipped)")
-    p.add_argument("--rounds", type=int, default=5, help="timed rounds per implementation (default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--peers", help="comma-separated peers, or none (default hf,timm,torchvision,onnxruntime,"
+                   "openvino: the last two run our exported ONNX graph; absent ones are skipped)")
+    p.add_argument("--rounds", type=int, help="timed rounds per implementation (default 5; with --table 12, 5 on "
+                   "CPU, 10 on CUDA)")
+    p.add_argument("--warmup", type=int, help="untimed steps first (default 2; with --table 12, 2 on CPU, 50 on "
+                   "CUDA)")
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
     add_device(p, "default: cuda when available", choices=["cpu", "cuda"])
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc malloc keeps freed memory (no page faults on big tensors) for every implementation")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--plot", metavar="FILE", help="draw images/s against GMACs per model (.png, .pdf or .svg)")
+    add_output(p, "with --table 12: the folder for table12.md and table12.json (default runs/table12)",
+               metavar="DIR")
     p.set_defaults(func=_benchmark)
 
 
 def _benchmark(args: argparse.Namespace) -> int:
-    import torch
-
     from ..deploy import benchmark
-    from ..deploy.allocator import keep_freed_memory
 
+    if args.table is not None:
+        return _table(args)
+    if args.model is None:
+        raise UserError("give --model (one or more, comma-separated), or --table 12")
+    if args.output is not None:
+        raise UserError("--output is where --table 12 writes its files: add --table 12, or leave it out")
     models = [name.strip() for name in args.model.split(",") if name.strip()]
-    if args.int8_model and args.dtype != "int8":
+    dtype = args.dtype or "fp32"
+    if args.int8_model and dtype != "int8":
         raise UserError("--int8-model times an INT8 file: add --dtype int8")
-    peers = [] if args.peers.strip() == "none" else [p.strip() for p in args.peers.split(",") if p.strip()]
+    peers_text = args.peers or ",".join(benchmark.PEERS + benchmark.RUNTIMES)
+    peers = [] if peers_text.strip() == "none" else [p.strip() for p in peers_text.split(",") if p.strip()]
     batches = benchmark.parse_batches(args.batch or ("16" if args.train else "1,32"))
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    kept = keep_freed_memory() if args.keep_freed_memory else False
-    if args.keep_freed_memory and not kept:
-        print("convnext benchmark: --keep-freed-memory needs glibc; running with the default allocator",
-              file=sys.stderr)
+    try:
+        res = int(args.res or 224)
+    except ValueError:
+        raise UserError(f"--res must be one whole number (without --table 12), got {args.res!r}") from None
+    kept = _machine_settings(args)
     device = args.device or parse_device(None).type  # cuda without CUDA: run_benchmark says so, in its turn
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
-    report = benchmark.run_benchmark(models, batches=batches, res=args.res, dtype=args.dtype, train=args.train,
+    report = benchmark.run_benchmark(models, batches=batches, res=res, dtype=dtype, train=args.train,
                                      peers=peers, channels_last=args.channels_last, compile_mode=args.compile,
-                                     rounds=args.rounds, warmup=args.warmup, device=device, progress=progress,
-                                     int8_file=args.int8_model)
+                                     rounds=5 if args.rounds is None else args.rounds,
+                                     warmup=2 if args.warmup is None else args.warmup, device=device,
+                                     progress=progress, int8_file=args.int8_model)
     report["settings"]["keep_freed_memory"] = kept
     if args.plot:
         benchmark.plot_throughput(report, args.plot)
@@ -130,6 +140,58 @@ def _benchmark(args: argparse.Namespace) -> int:
     print(benchmark.format_report(report))
     if args.plot:
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _machine_settings(args: argparse.Namespace) -> bool:
+    """--threads and --keep-freed-memory, process-wide; whether freed memory is kept."""
+    import torch
+
+    from ..deploy.allocator import keep_freed_memory
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory else False
+    if args.keep_freed_memory and not kept:
+        print("convnext benchmark: --keep-freed-memory needs glibc; running with the default allocator",
+              file=sys.stderr)
+    return kept
+
+
+# What --table 12 would not use: it times inference in float32 (TF32 on CUDA) against Swin, eager and channels_last.
+NOT_WITH_TABLE = {"dtype": "--dtype", "int8_model": "--int8-model", "compile": "--compile", "train": "--train",
+                  "peers": "--peers", "plot": "--plot"}
+
+
+def _table(args: argparse.Namespace) -> int:
+    """`convnext benchmark --table 12`: the paper's comparison with Swin, printed and written to --output."""
+    from ..deploy import table12
+
+    if args.table.strip() != "12":
+        raise UserError(f"--table takes 12 (the paper's inference-throughput comparison with Swin), got "
+                        f"{args.table!r}")
+    refused = [flag for dest, flag in NOT_WITH_TABLE.items() if getattr(args, dest) not in (None, False)]
+    if refused:
+        raise UserError(f"--table 12 times float32 inference of ConvNeXt against Swin (channels_last, TF32 on "
+                        f"CUDA): leave out {', '.join(refused)}")
+    if args.batch is not None and not args.batch.strip().isdigit():
+        raise UserError(f"--table 12 takes one --batch size, a positive whole number; got {args.batch!r}")
+    device = args.device or parse_device(None).type
+    sizes = table12.parse_sizes(args.model)
+    resolutions = table12.parse_resolutions(args.res, table12.DEFAULTS["cuda" if device == "cuda" else "cpu"]["res"])
+    kept = _machine_settings(args)
+    progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
+    report = table12.run_table12(sizes, resolutions, batch=None if args.batch is None else int(args.batch),
+                                 rounds=args.rounds, warmup=args.warmup, device=device, progress=progress)
+    report["settings"]["keep_freed_memory"] = kept
+    markdown, data = table12.write_table12(report, args.output or table12.DEFAULT_OUTPUT)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(table12.format_table12(report), end="")
+    print(f"wrote {markdown} and {data}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

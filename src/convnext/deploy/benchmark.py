@@ -298,6 +298,12 @@ def _spread(values: Sequence[float]) -> dict:
     return dict(median=statistics.median(values), min=min(values), max=max(values))
 
 
+def round_ratios(ours: Sequence[float], peer: Sequence[float]) -> dict:
+    """Our speed over a peer's as the median (and range) of the per-round ratios, not the ratio of medians: both
+    ran in the same round, so load that slowed one round for both cancels out."""
+    return _spread([a / b for a, b in zip(ours, peer, strict=True)])
+
+
 def _contenders(name: str, peers: Sequence[str], extra_peers: dict[str, Callable[[str], nn.Module | str]],
                 train: bool, runtimes: Sequence[str], res: int, dtype: str, skipped: dict[str, str],
                 int8_file: str | os.PathLike | None = None) -> dict[str, nn.Module]:
@@ -357,8 +363,7 @@ def _with_ratios(row: dict, speeds: dict[str, list[float]], dtype: str) -> dict:
     impl = row["impl"]
     if impl in OURS and not (dtype == "int8" and impl == "convnext"):
         baselines = [p for p in speeds if p not in OURS or (dtype == "int8" and p == "convnext")]
-        row["ratio"] = {peer: _spread([a / b for a, b in zip(speeds[impl], speeds[peer], strict=True)])
-                        for peer in baselines if peer != impl}
+        row["ratio"] = {peer: round_ratios(speeds[impl], speeds[peer]) for peer in baselines if peer != impl}
     return row
 
 
