@@ -114,3 +114,36 @@ def test_a_rerun_resumes_exactly_after_a_stop_mid_epoch(tmp_path):
     a, b = weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "stopped" / "last.pt")
     for key in a:
         assert torch.equal(a[key], b[key])
+
+
+def test_a_full_disk_while_writing_best_pt_is_redone_by_the_rerun(tmp_path, monkeypatch):
+    """Issue 21: the rerun after a failed ``best.pt`` write must leave every file its summary names."""
+    import errno
+
+    from convnext.engine import checkpoints
+    from convnext.files import atomic_write
+
+    real_save, failed = checkpoints.save_state, []
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
+
+    def disk_full_once(state, path):
+        if path.name == "best.pt" and state["epoch"] == 2 and not failed:
+            failed.append(path.name)
+            atomic_write(path, full)  # the disk fills while the atomic writer writes
+        real_save(state, path)
+
+    monkeypatch.setattr(checkpoints, "save_state", disk_full_once)
+
+    class KeepsBest(Regression):
+        def validate(self, model, rt):  # a score above the engine's starting -1 that rises every epoch
+            return {"val_neg_mse": 1 / (1 - super().validate(model, rt)["val_neg_mse"])}
+
+    with pytest.raises(UserError, match="disk"):  # one line: the disk is full, rerun the same command
+        fit(KeepsBest(config(tmp_path, batch_size=4)), log=lambda _: None)
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1  # the commit point held
+    fit(KeepsBest(config(tmp_path, batch_size=4)), log=lambda _: None)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert failed == ["best.pt"] and last["epoch"] == 3 and last["best"]["epoch"] == 3
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 3

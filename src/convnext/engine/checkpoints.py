@@ -142,11 +142,13 @@ class CheckpointManager:
         save_state(state, self.last)
 
     def save_epoch(self, state: dict, *, improved: bool, ema_record: dict | None, periodic: bool) -> None:
-        """``last.pt``, and ``best.pt`` / ``best_ema.pt`` / ``checkpoint-<epoch>.pt`` when they are due."""
-        save_state(state, self.last)
+        """``best.pt`` / ``best_ema.pt`` / ``checkpoint-<epoch>.pt`` when they are due, then ``last.pt``: the last
+        is the commit point, so when a write fails (a full disk) the rerun redoes the period from the previous
+        ``last.pt`` and writes them all, and no summary names a file that was never written."""
         if improved:
             save_state(state, self.folder / "best.pt")
         if ema_record is not None:
             save_state(ema_record, self.folder / "best_ema.pt")
         if periodic:
             save_state(state, self.folder / f"checkpoint-{state['epoch']}.pt")
+        save_state(state, self.last)

@@ -164,3 +164,34 @@ def test_checkpoints_of_another_kind_or_class_count_are_named(tmp_path):
     torch.save({"model": {}, "config": {"model": "upernet_convnext_tiny", "crop": 32, "num_classes": 3}}, run)
     with pytest.raises(UserError, match="was trained for 3 classes, not --num-classes 5"):
         load_segmentation_model(checkpoint=run, num_classes=5)
+
+
+def test_kills_after_any_step_resume_bit_for_bit(tmp_path, monkeypatch):
+    """Issue 21: six kills during a run that saves after every step, each followed by the same command, end
+    with the weights of an uninterrupted run (drop path on: the host RNG state travels with the checkpoint)."""
+    from convnext.engine import checkpoints
+
+    data = _scenes(tmp_path / "data")
+    extra = dict(iters=6, eval_every=3, save_every_steps=1, drop_path=0.2)
+    train_segmentation(_config(data, tmp_path / "whole", **extra), log=lambda _: None)
+    real_save, saves = checkpoints.save_state, []
+
+    def save_then_die(state, path):
+        real_save(state, path)
+        saves.append(path.name)
+        if path.name == "last.pt" and len(saves) % 2 == 1:  # killed after every other save
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoints, "save_state", save_then_die)
+    kills = 0
+    for _ in range(12):
+        try:
+            train_segmentation(_config(data, tmp_path / "killed", **extra), log=lambda _: None)
+            break
+        except KeyboardInterrupt:
+            kills += 1
+    assert kills >= 3, kills
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
