@@ -176,3 +176,25 @@ def test_exports_carry_the_run_configuration_without_machine_paths(tmp_path):
     meta = export.export_metadata(model)
     assert json.loads(meta["run_config"]) == dict(model="convnext_atto", lr=0.004)
     assert "/home/me" not in json.dumps(meta)
+
+
+@pytest.mark.parametrize("fmt", export.FORMATS)
+def test_no_export_format_carries_this_machines_paths(model, tmp_path, fmt):
+    """Issue 21: a shipped file names no folder of the machine it was made on (source files, temp folders)."""
+    import zipfile
+    from pathlib import Path
+
+    out = tmp_path / f"m.{ {'onnx': 'onnx', 'torchscript': 'ts', 'pt2': 'pt2', 'safetensors': 'safetensors'}[fmt]}"
+    export.export_model(model, out, fmt, res=64)
+    if fmt == "torchscript":
+        loaded = export.load_torchscript(out)
+        x = torch.randn(3, 3, 64, 64)
+        assert torch.allclose(loaded(x), model.eval()(x), atol=1e-4)  # runs without its debug records
+    blobs = [out.read_bytes()]
+    if zipfile.is_zipfile(out):
+        with zipfile.ZipFile(out) as archive:
+            names = archive.namelist()
+            blobs += [archive.read(name) for name in names]
+        assert not any(".tmp" in name or name.endswith(".debug_pkl") for name in names), names[:5]
+    here = [str(Path(export.__file__).resolve().parents[3]).encode(), str(tmp_path).encode(), b"site-packages"]
+    assert not any(place in blob for blob in blobs for place in here)

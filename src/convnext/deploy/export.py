@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import io
 import json
 import logging
 import os
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -105,10 +107,15 @@ def save_program(model: nn.Module, path: str | os.PathLike, *, res: int | None =
     if Path(path).suffix != ".pt2":
         raise UserError(f"a torch.export archive must end in .pt2, got {path}")
     program = export_program(model, res=res)
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    for node in program.graph.nodes:  # each node's Python stack names this machine's source files
+        node.meta.pop("stack_trace", None)
+    archive = io.BytesIO()  # written in memory: the archive's folder is then "archive", not the temp file's name
+    with warnings.catch_warnings():
         # torch's archive writer says this of weights that share storage; ours are on the CPU, which it needs
         warnings.filterwarnings("ignore", "No complete tensor found in the group", UserWarning)
-        torch.export.save(program, tmp, extra_files={"convnext.json": json.dumps(export_metadata(model))})
+        torch.export.save(program, archive, extra_files={"convnext.json": json.dumps(export_metadata(model))})
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(archive.getvalue())
     return Path(path)
 
 
@@ -184,9 +191,24 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, res: int | 
             # Shape checks in forward become constants in a trace; we verify at another batch size instead.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             module = torch.jit.trace(model, example_input(model, 2, res), check_trace=False)
-        with atomic_path(path) as tmp:
-            torch.jit.save(module, str(tmp), _extra_files={"convnext.json": json.dumps(export_metadata(model))})
+        archive = io.BytesIO()
+        torch.jit.save(module, archive, _extra_files={"convnext.json": json.dumps(export_metadata(model))})
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(without_debug_info(archive.getvalue()))
     return Path(path)
+
+
+def without_debug_info(archive: bytes) -> bytes:
+    """A TorchScript archive without its ``*.debug_pkl`` records: they map the code to the source files it was
+    compiled from, by this machine's paths, which a shipped file must not carry; the model loads and runs the
+    same without them (error messages then name no Python line)."""
+    source = zipfile.ZipFile(io.BytesIO(archive))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for record in source.infolist():
+            if not record.filename.endswith(".debug_pkl"):
+                target.writestr(record, source.read(record.filename))
+    return out.getvalue()
 
 
 def load_torchscript(path: str | os.PathLike, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
