@@ -333,3 +333,30 @@ def test_no_network_fails_fast_without_the_hub_retries(fake_registry, monkeypatc
         create_model("convnext_atto", pretrained=True)
     assert "hf download someone/convnext-atto" in str(err.value)
     assert socket.getdefaulttimeout() is None
+
+
+def test_weights_with_nan_or_inf_are_refused_in_one_line(tmp_path, capsys):
+    """Issue 21: non-finite weights are one clear error wherever they are loaded (here: the shared loader,
+    and `convnext predict` / `export` on such a file)."""
+    import numpy as np
+    from PIL import Image
+
+    from convnext.cli import main
+
+    model = create_model("convnext_atto", num_classes=3)
+    state = model.state_dict()
+    state["stages.1.0.pwconv1.weight"][0, 0] = float("nan")
+    state["head.bias"][1] = float("inf")
+    path = tmp_path / "nan.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(UserError, match=r"non-finite weights \(NaN or inf in stages.1.0.pwconv1.weight"):
+        load_checkpoint(create_model("convnext_atto", num_classes=3), path)
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+    for argv in (["predict", str(image), "--model", "convnext_atto", "--checkpoint", str(path), "--json"],
+                 ["export", "--model", "convnext_atto", "--checkpoint", str(path), "--format", "safetensors",
+                  "--out", str(tmp_path / "m.safetensors")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "non-finite weights" in err[0], err
+    assert not (tmp_path / "m.safetensors").exists()

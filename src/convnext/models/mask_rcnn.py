@@ -23,7 +23,14 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from ..errors import UserError
-from ..weights import IMAGENET_MEAN, IMAGENET_STD, first_line, load_checkpoint, read_checkpoint_file
+from ..weights import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    first_line,
+    load_checkpoint,
+    read_checkpoint_file,
+    require_finite,
+)
 from ..weights.detection import convert_mmdet_cascade, is_mmdet_detector
 from .convnext import MODEL_ARCHS, ConvNeXtFeatures
 from .layer_decay import hierarchical_ids
@@ -88,6 +95,7 @@ class _DetectorMixin:
         if mmdet:
             weights = convert_mmdet_cascade(weights)
         if mmdet or isinstance(weights, Mapping) and any(str(k).startswith("roi_heads.") for k in weights):
+            require_finite(weights, checkpoint)
             try:
                 missing, unexpected = self.load_state_dict(weights, strict=False)
             except RuntimeError as err:  # a tensor of another shape

@@ -447,11 +447,24 @@ def load_checkpoint(
     return report
 
 
+def require_finite(state_dict: Mapping[str, object], source: str | os.PathLike = "checkpoint") -> None:
+    """Refuse weights holding NaN or inf: a model with them gives NaN outputs that every later number (a top-1,
+    a calibration, a relative error) would hide or misread; one line names the first tensors."""
+    bad = [k for k, v in state_dict.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f", ... ({len(bad)} tensors)" if len(bad) > 3 else "")
+        raise UserError(f"{source} holds non-finite weights (NaN or inf in {shown}): its outputs would be "
+                        "meaningless; use another checkpoint (a run keeps best.pt and last.pt from before any "
+                        "divergence)")
+
+
 def check_fit(name: str, state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], *,
               optional: set[str] = frozenset(), strict: bool = True) -> LoadReport:
     """Whether a state dict fits a model's (``target``): a wrong shape, or with ``strict`` a missing or extra
     key, is one error naming the first few keys, so a file of another model never loads half-way. Shared by
     every loader (ours, and timm models scored beside ours) so all misfits read alike."""
+    require_finite(state_dict)
     missing = sorted(set(target) - set(state_dict) - optional)
     unexpected = sorted(set(state_dict) - set(target))
     mismatched = sorted(

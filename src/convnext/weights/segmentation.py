@@ -28,6 +28,7 @@ from . import (
     ADE20K_WEIGHTS,
     LoadReport,
     _fit_shapes,
+    check_fit,
     load_checkpoint,
     read_checkpoint_file,
 )
@@ -114,17 +115,7 @@ def load_segmentation_checkpoint(model: nn.Module, source: str | os.PathLike | M
     optional = _drop_other_classes(state_dict, target)
     if not any(k.startswith("auxiliary_head.") for k in state_dict):
         optional |= {k for k in target if k.startswith("auxiliary_head.")}
-    missing = sorted(set(target) - set(state_dict) - optional)
-    unexpected = sorted(set(state_dict) - set(target))
-    wrong = sorted(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
-                   for k, v in state_dict.items() if k in target and v.shape != target[k].shape)
-    if wrong or (strict and (missing or unexpected)):
-        parts = [f"checkpoint does not fit {model_name(model)}:"]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                parts.append(f"  {label} keys: " + ", ".join(items[:8])
-                             + (f", ... ({len(items)} in all)" if len(items) > 8 else ""))
-        raise UserError("\n".join(parts))
+    report = check_fit(model_name(model), state_dict, target, optional=optional, strict=strict)
     model.load_state_dict({k: v for k, v in state_dict.items() if k in target}, strict=False)
-    return LoadReport(missing, unexpected)
+    return report
 

@@ -13,7 +13,7 @@ from ...errors import UserError
 from ...files import atomic_write
 from ...models import MODEL_ARCHS, build_model
 from ...models.cascade import SIZES as CASCADE_SIZES
-from ...weights import read_checkpoint_file
+from ...weights import read_checkpoint_file, require_finite
 from ...weights.detection import is_mmdet_detector
 from .config import DetectConfig
 from .evaluate import to_results
@@ -35,6 +35,7 @@ def load_detector(checkpoint: str | Path) -> tuple[nn.Module, list[str], list[in
     if not isinstance(raw.get("config"), dict) or "category_ids" not in raw:
         raise UserError(f"{checkpoint} is not a checkpoint of `convnext detect train` (no config and categories)")
     model = build_run_detector(DetectConfig.from_dict(raw["config"]), len(raw["classes"]) + 1)
+    require_finite(raw["model"], checkpoint)
     try:
         model.load_state_dict(raw["model"])
     except RuntimeError as err:
