@@ -95,6 +95,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a folder; name a file")
+    make_folder(path.parent)
     tmp = temp_path(path)
     try:
         yield tmp
@@ -112,6 +113,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def make_folder(folder: Path) -> None:
+    """Create an output folder (and those above it) as `mkdir -p` does: every command writing a file creates
+    where it goes; one line when it cannot (a file in the way, no permission, a full disk)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"cannot create the folder {folder}: a file of that name is in the way") from None
+    except OSError as err:
+        problem = write_problem(folder, err)
+        raise (problem or UserError(f"cannot create the folder {folder}: {err.strerror or err}")) from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:

@@ -165,8 +165,12 @@ def test_export_cli_errors_are_readable(tmp_path, capsys):
     assert "--res must be at least 32 (the networks downsample 32x), got 16" in err and "Traceback" not in err
     with pytest.raises(UserError, match="unknown export format"):
         export.export_model(create_model("convnext_atto"), tmp_path / "m", "tflite")
-    with pytest.raises(UserError, match="output folder does not exist"):
-        export.export_model(create_model("convnext_atto"), tmp_path / "no" / "m.safetensors", "safetensors")
+    # a missing output folder is created, as `mkdir -p` (issue 21: the README's own example named one)
+    export.export_model(create_model("convnext_atto"), tmp_path / "new" / "dir" / "m.safetensors", "safetensors")
+    assert (tmp_path / "new" / "dir" / "m.safetensors").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="a file of that name is in the way"):
+        export.export_model(create_model("convnext_atto"), tmp_path / "file" / "m.safetensors", "safetensors")
 
 
 def test_exports_carry_the_run_configuration_without_machine_paths(tmp_path):

@@ -231,8 +231,8 @@ def _float_model(args: argparse.Namespace):
 
     require_backend(args.backend)
     out = Path(args.out)
-    if out.suffix != SUFFIX or not out.parent.is_dir():
-        raise UserError(f"--out must be FILE{SUFFIX} in an existing folder, got {out}")
+    if out.suffix != SUFFIX:
+        raise UserError(f"--out must be FILE{SUFFIX}, got {out}")
     if args.checkpoint is None and not args.pretrained:
         raise UserError("give --checkpoint CKPT, or --model with --pretrained [TAG]")
     if Path(args.checkpoint or "").suffix == SUFFIX:

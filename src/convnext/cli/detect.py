@@ -130,10 +130,10 @@ def _predict(args: argparse.Namespace) -> int:
         image_ids = {Path(i["file_name"]).name: i["id"] for i in read_json(Path(args.annotations))["images"]}
     device = parse_device(args.device)
     model, classes, cat_ids = load_detector(args.checkpoint)
-    records, errors = predict_files(model.to(device), files, classes, cat_ids,
-                                    out_dir=Path(args.output) if args.output else None, score=args.score,
-                                    image_ids=image_ids)
-    for line in errors:
+    records, skipped = predict_files(model.to(device), files, classes, cat_ids,
+                                     out_dir=Path(args.output) if args.output else None, score=args.score,
+                                     image_ids=image_ids)
+    for line in skipped.values():
         print(f"convnext detect predict: skipped: {line}", file=sys.stderr)
     text = json.dumps(records) + "\n"
     if args.json == "-":
@@ -142,12 +142,14 @@ def _predict(args: argparse.Namespace) -> int:
         atomic_write_text(args.json, text)
     if args.json != "-":
         for position, path in enumerate(files, start=1):
+            if path in skipped:  # said above, on stderr
+                continue
             found = [r for r in records if r["image_id"] == (image_ids or {}).get(path.name, position)]
             names = ", ".join(f"{classes[cat_ids.index(r['category_id'])]} {r['score']:.2f}" for r in found)
             print(f"{path}: {len(found)} objects" + (f" ({names})" if names else ""))
         if args.output:
             print(f"pictures in {args.output}")
-    return 1 if errors else 0
+    return 1 if skipped else 0
 
 
 def _demo_args(p: argparse.ArgumentParser) -> None:

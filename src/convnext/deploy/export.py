@@ -252,8 +252,6 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
-    if not Path(path).parent.is_dir():
-        raise UserError(f"output folder does not exist: {Path(path).parent}")
     if Path(path).is_dir():
         raise UserError(f"--out {path} is a folder; name the file to write, e.g. {Path(path) / ('model.' + fmt)}")
     if res is not None and res < 32:

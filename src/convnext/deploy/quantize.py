@@ -29,7 +29,7 @@ from torch import nn
 
 from ..data.images import eval_transform, load_image
 from ..errors import UserError
-from ..files import atomic_path
+from ..files import atomic_path, make_folder
 from ..tasks.classification.predict import find_images
 from ..weights.int8 import _RT_KEY, BACKENDS, SUFFIX, QuantizedModel, load_quantized, require_backend
 
@@ -103,8 +103,7 @@ def save_quantized(model: QuantizedModel, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != SUFFIX:
         raise UserError(f"an OpenVINO INT8 model is written as FILE{SUFFIX} (+ FILE.bin), got {path}")
-    if not path.parent.is_dir():
-        raise UserError(f"output folder does not exist: {path.parent}")
+    make_folder(path.parent)
     with tempfile.TemporaryDirectory(prefix=f".{path.stem}-", dir=path.parent) as tmp:
         openvino.save_model(model.ov_model, Path(tmp) / "model.xml", compress_to_fp16=False)
         with atomic_path(path.with_suffix(".bin")) as bin_tmp:

@@ -63,13 +63,15 @@ def test_cli_evaluate_and_predict(run, tmp_path, capsys):
     assert "AP50" in json.loads(capsys.readouterr().out)["bbox"]
     image = sorted((run["data"] / "images").glob("*.jpg"))[0]
     out = tmp_path / "results.json"
+    pictures = tmp_path / "new" / "pictures"  # created, as every output folder (issue 21)
     code = main(["detect", "predict", str(image), str(tmp_path / "missing.jpg"), "--checkpoint", ckpt,
-                 "--score", "0", "--output", str(tmp_path), "--json", str(out)])
+                 "--score", "0", "--output", str(pictures), "--json", str(out)])
     assert code == 1  # one file could not be read: skipped and reported, the other predicted
-    assert (tmp_path / f"{image.stem}.pred.png").is_file()
+    assert (pictures / f"{image.stem}.pred.png").is_file()
     records = json.loads(out.read_text())
     assert records and {"image_id", "category_id", "bbox", "score", "segmentation"} <= set(records[0])
-    assert "missing.jpg" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "missing.jpg" in said.err and "missing.jpg" not in said.out  # not also listed with "0 objects"
 
 
 def test_recipes_schedule_and_fitting():

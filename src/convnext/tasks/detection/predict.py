@@ -112,18 +112,18 @@ def draw(image: torch.Tensor, output: dict, classes: list[str]) -> torch.Tensor:
 
 def predict_files(model: nn.Module, files: list[Path], classes: list[str], cat_ids: list[int], *,
                   out_dir: Path | None, score: float = 0.5, image_ids: dict[str, int] | None = None
-                  ) -> tuple[list[dict], list[str]]:
+                  ) -> tuple[list[dict], dict[Path, str]]:
     """Detect on every file; with ``out_dir`` write ``<stem>.pred.png`` there. Returns COCO result records,
-    ``image_id`` from ``image_ids`` (file name -> the json's id) or the file's position from 1, and one line
-    for each file that could not be read (skipped)."""
+    ``image_id`` from ``image_ids`` (file name -> the json's id) or the file's position from 1, and the files that
+    could not be read (skipped), each with its one-line reason."""
     from PIL import Image
 
-    records, errors = [], []
+    records, skipped = [], {}
     for position, path in enumerate(files, start=1):
         try:
             image = to_tensor(load_image(path))
         except UserError as err:
-            errors.append(str(err))
+            skipped[path] = str(err)
             continue
         output = detect(model, image, score)
         image_id = (image_ids or {}).get(path.name, position)
@@ -132,4 +132,4 @@ def predict_files(model: nn.Module, files: list[Path], classes: list[str], cat_i
             picture = draw(image, output, classes).permute(1, 2, 0).numpy()
             atomic_write(out_dir / f"{path.stem}.pred.png", lambda tmp, p=picture: Image.fromarray(p).save(tmp,
                                                                                                        format="PNG"))
-    return records, errors
+    return records, skipped
