@@ -151,10 +151,7 @@ def resolve(cls: type[C], recipes: Mapping[str, Mapping], recipe: str, settings:
     for item in settings:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")
-        if not sep or key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise UserError(f"bad setting {item!r}: expected key=value with a known key{hint}")
+        check_setting_name(key, item, names, sep)
         values[key] = parse_value(text, getattr(defaults, key))
         named.add(key)
     chosen = {k: v for k, v in overrides.items() if v is not None}
@@ -167,6 +164,19 @@ def resolve(cls: type[C], recipes: Mapping[str, Mapping], recipe: str, settings:
     config.complete()
     check(config)
     return config
+
+
+def check_setting_name(key: str, item: str, names: list[str], sep: str) -> None:
+    """One line for a ``--set`` item that cannot be taken: an unknown key (its closest names, else every name),
+    ``recipe`` (the command's ``--recipe`` chooses it), or a key without ``=value``."""
+    if key not in names:
+        close = difflib.get_close_matches(key, names, n=3)
+        known = f"did you mean {', '.join(close)}?" if close else f"the settings: {', '.join(sorted(names))}"
+        raise UserError(f"unknown setting {key!r} in --set {item!r} ({known})")
+    if key == "recipe":
+        raise UserError(f"--set {item!r}: the recipe is chosen with --recipe")
+    if not sep:
+        raise UserError(f"--set {item!r} has no value: write {key}=VALUE")
 
 
 def check(config: RunConfig) -> None:

@@ -80,7 +80,7 @@ def test_cli_evaluate_json_and_text(trained, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["train", "--data", "/no/such/folder", "--output", "{tmp}/r"], "data folder not found"),
     (["train", "--data", "{tmp}/empty_class", "--output", "{tmp}/r"], "has no images"),
-    (["train", "--set", "bogus=1", "--output", "{tmp}/r"], "bad setting 'bogus=1'"),
+    (["train", "--set", "bogus=1", "--output", "{tmp}/r"], "unknown setting 'bogus'"),
     (["train", "--model", "convnext_nope", "--output", "{tmp}/r"], "unknown model"),
     (["evaluate", "--model", "convnext_atto", "--checkpoint", "{tmp}/missing.pt"], "not found"),
 ])

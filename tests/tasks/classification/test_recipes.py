@@ -76,7 +76,9 @@ def test_settings_are_parsed_and_flags_win():
 
 @pytest.mark.parametrize("settings,message", [
     (["layer_decy=0.7"], "did you mean layer_decay"),
-    (["epochs"], "expected key=value"),
+    (["epochs"], r"--set 'epochs' has no value: write epochs=VALUE"),
+    (["lr"], r"--set 'lr' has no value"),  # issue 21: not "did you mean lr?"
+    (["recipe=bogus"], "the recipe is chosen with --recipe"),
     (["epochs=many"], "expected a whole number"),
     (["layer_decay=1.5"], r"layer_decay=1.5: must be in \(0, 1\]"),
 ])

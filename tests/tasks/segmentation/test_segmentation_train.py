@@ -59,7 +59,7 @@ def test_recipe_is_the_papers_and_fits_short_runs():
     assert kept.warmup_iters == 100
     with pytest.raises(UserError, match=r"setting num_classes=300: must be in \[2, 255\]"):
         seg_config("ade20k", num_classes=300)
-    with pytest.raises(UserError, match="bad setting"):
+    with pytest.raises(UserError, match=r"unknown setting 'nonsense' in --set 'nonsense=1' \(the settings: "):
         seg_config("ade20k", ["nonsense=1"])
 
 
