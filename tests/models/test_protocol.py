@@ -21,7 +21,7 @@ from convnext.protocol import (
 )
 
 OURS = list_models()  # at collection: the package's own names only (tests register theirs while running)
-TASKS = ("upernet_", "maskrcnn_", "fasterrcnn_")
+TASKS = ("upernet_", "maskrcnn_", "fasterrcnn_", "cascade_mask_rcnn_")
 
 
 def meta(name, **kw):
