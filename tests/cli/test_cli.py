@@ -79,7 +79,25 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
         (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "safetensors", "--out",
           str(tmp_path / "img")], "is a folder"),
         (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "safetensors", "--out",
-          str(tmp_path / "x.safetensors"), "--res", "0"], "--res must be at least 32"),
+          str(tmp_path / "x.safetensors"), "--res", "0"], "--res must be from 32"),
+        # issue 21: each of these was accepted, ran away, or ended in a traceback
+        (["evaluate", "--checkpoint", str(weights), "--model", "convnext_atto", "--res", "100000"],
+         "--res must be from 32 (the networks downsample 32x) to 2048, got 100000"),
+        (["train", "--set", "crop_pct=0.000001"], "crop_pct=1e-06: must be in [0.5, 1]"),
+        (["train", "--set", "warmup_epochs=1e308"], "warmup_epochs=1e+308: must be in [0, 10000]"),
+        (["train", "--model", "upernet_convnext_tiny"], "is a segmentation model: `convnext segment train`"),
+        (["train", "--model", "cascade_mask_rcnn_convnext_tiny"], "is a detection model: `convnext detect train`"),
+        (["train", "--set", 'model_args={"in_chans": 1}'], "training reads images as RGB"),
+        (["train", "--set", "lr"], "--set 'lr' has no value: write lr=VALUE"),
+        (["train", "--set", "recipe=bogus"], "the recipe is chosen with --recipe"),
+        (["info", "convnext_atto", "--num-classes", "0"], "--num-classes must be at least 1"),
+        (["benchmark", "--model", ","], "--model names nothing"),
+        (["robustness", "--checkpoint", str(weights), "--model", "convnext_atto", "--corruptions", ","],
+         "--corruptions names nothing"),
+        (["predict", str(tmp_path / "photo.png"), "--model", "convnext_atto", "--pretrained", "mine.pt"],
+         "a weights file goes to --checkpoint"),
+        (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "onnx", "--out",
+          str(tmp_path / "x.onnx"), "--opset", "999"], "--opset must be from 17"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

@@ -81,7 +81,7 @@ def test_table_and_plot(capsys, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--batch", "0"], "--batch must be positive"),
     (["--batch", "a,b"], "--batch must be positive"),
-    (["--res", "16"], "--res must be at least 32"),
+    (["--res", "16"], "--res must be from 32"),
     (["--peers", "keras"], "unknown peer"),
     (["--model", "convnext_huge"], "unknown model"),
     (["--rounds", "0"], "at least one round"),

@@ -108,3 +108,11 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `convnext ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def comma_list(text: str, flag: str) -> list[str]:
+    """The non-empty items of a comma-separated flag value; one line when there is none (``--model ,``)."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise UserError(f"{flag} names nothing: give one or more, comma-separated, got {text!r}")
+    return items

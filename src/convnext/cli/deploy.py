@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Commands, add_device, add_output, add_weights, parse_device
+from .common import Commands, add_device, add_output, add_weights, comma_list, parse_device
 
 
 def add_export(sub: Commands) -> None:
@@ -112,7 +112,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         raise UserError("give --model (one or more, comma-separated), or --table 12")
     if args.output is not None:
         raise UserError("--output is where --table 12 writes its files: add --table 12, or leave it out")
-    models = [name.strip() for name in args.model.split(",") if name.strip()]
+    models = comma_list(args.model, "--model")
     dtype = args.dtype or "fp32"
     if args.int8_model and dtype != "int8":
         raise UserError("--int8-model times an INT8 file: add --dtype int8")

@@ -77,6 +77,8 @@ def _info(args: argparse.Namespace) -> int:
 
     dense = args.model.startswith("upernet_")  # the paper counts segmentation FLOPs at 512x2048, 150 classes
     args.res = args.res or ((512, 2048) if dense else 224)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
     classes = args.num_classes or (150 if dense else None)
     model = _meta_model(args.model, **({} if classes is None else {"num_classes": classes}))
     # a detector counts itself at its own test size (1280x800), on a real forward
@@ -122,10 +124,10 @@ def _roadmap_args(p: argparse.ArgumentParser) -> None:
 
 
 def _roadmap(args: argparse.Namespace) -> int:
+    from ..models.convnext import check_resolution
     from ..models.roadmap import measure_steps, plot_roadmap
 
-    if args.res < 32:
-        raise UserError(f"--res must be at least 32 (the networks downsample 32x), got {args.res}")
+    check_resolution(args.res)
     rows = measure_steps(args.res)
     if args.plot:
         plot_roadmap(rows, args.plot)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Commands, add_device, add_output, parse_device
+from .common import Commands, add_device, add_output, comma_list, parse_device
 
 
 def add_parser(sub: Commands) -> None:
@@ -57,11 +57,12 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def _list(text: str | None, kind=str) -> list | None:
+def _list(text: str | None, kind=str, flag: str = "the list") -> list | None:
     if text is None:
         return None
+    items = comma_list(text, flag)
     try:
-        return [kind(item.strip()) for item in text.split(",") if item.strip()]
+        return [kind(item) for item in items]
     except ValueError:
         raise UserError(f"expected a comma-separated list of numbers, got {text!r}") from None
 
@@ -69,7 +70,7 @@ def _list(text: str | None, kind=str) -> list | None:
 def _suites(args: argparse.Namespace) -> dict[str, str | None]:
     from ..tasks.robustness.suites import SUITES
 
-    names = _list(args.suite)
+    names = _list(args.suite, flag="--suite")
     unknown = [name for name in names if name not in SUITES]
     if unknown or not names:
         raise UserError(f"unknown suite {', '.join(unknown) or '(none)'}; choose from {', '.join(SUITES)}")
@@ -93,11 +94,12 @@ def run(args: argparse.Namespace) -> int:
                         f"{args.workers}")
     quiet = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     output, suites, subjects, baseline = _demo(args, quiet) if args.demo else _given(args)
+    corruptions = _list(args.corruptions, flag="--corruptions")
+    severities = tuple(_list(args.severities, int, "--severities") or SEVERITIES)
     report = evaluate_robustness(subjects[0], suites, baseline=baseline, contenders=subjects[1:],
-                                 output=output / "results", corruptions=_list(args.corruptions),
-                                 severities=tuple(_list(args.severities, int) or SEVERITIES), seed=args.seed,
-                                 batch_size=args.batch_size, workers=args.workers, device=parse_device(args.device),
-                                 restart=args.restart)
+                                 output=output / "results", corruptions=corruptions, severities=severities,
+                                 seed=args.seed, batch_size=args.batch_size, workers=args.workers,
+                                 device=parse_device(args.device), restart=args.restart)
     write_json(report, output / "robustness.json")
     plot = args.plot or (output / "severity.png" if args.demo else None)
     if plot:

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.complexity import model_info
-from ..models.convnext import ConvNeXt, build_model
+from ..models.convnext import ConvNeXt, build_model, check_resolution
 from ..weights import data_config
 
 PEERS = ("hf", "timm", "torchvision")
@@ -370,8 +370,7 @@ def _with_ratios(row: dict, speeds: dict[str, list[float]], dtype: str) -> dict:
 def _check_settings(res: int, rounds: int, warmup: int, dtype: str, train: bool, device: str | torch.device,
                     compile_mode: str | None, peers: Sequence[str]) -> torch.device:
     """One line for the first setting `run_benchmark` cannot measure with; the device to run on."""
-    if res < 32:
-        raise UserError(f"--res must be at least 32 (ConvNeXt downsamples 32x), got {res}")
+    check_resolution(res)
     if rounds < 1 or warmup < 0:
         raise UserError(f"need at least one round and a non-negative warm-up, got {rounds} and {warmup}")
     if dtype not in DTYPES:

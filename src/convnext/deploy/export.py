@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..files import atomic_path
-from ..models.convnext import check_input
+from ..models.convnext import check_input, check_resolution
 from ..models.kernels import DECOMPOSITIONS
 from ..models.layers import as_plain_convs
 from ..protocol import FromRun, Preprocessed, model_name
@@ -124,8 +124,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, res: int | None = 
     """ONNX with native LayerNormalization, a dynamic ``batch`` axis, input ``images`` and output ``logits``;
     :func:`export_metadata` goes into the model's metadata_props. One file (our largest model is < 2 GB)."""
     _require("ONNX export", "onnx", "onnxscript")
-    if opset < MIN_ONNX_OPSET:
-        raise UserError(f"opset {opset} has no LayerNormalization op; use {MIN_ONNX_OPSET} or later")
+    import onnx
+
+    if not MIN_ONNX_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise UserError(f"--opset must be from {MIN_ONNX_OPSET} (the first with LayerNormalization) to "
+                        f"{onnx.defs.onnx_opset_version()} (the newest onnx {onnx.__version__} knows), got {opset}")
     with warnings.catch_warnings(), _quiet("torch.onnx"):
         warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations, not ours
         program = torch.onnx.export(export_program(model, res=res), dynamo=True, opset_version=opset,
@@ -166,7 +169,12 @@ def check_onnx(path: str | os.PathLike, reference: nn.Module, *, batch: int = CH
 
     graph = onnx.load(str(path), load_external_data=False).graph
     ops = [node.op_type for node in graph.node]
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own pybind types
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise UserError(f"{path} was written, but onnxruntime {onnxruntime.__version__} cannot run it to check it "
+                        f"({first}); the default opset ({ONNX_OPSET}) runs there") from None
     x = example_input(reference, batch, res)
     (logits,) = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})
     diff = _max_abs_diff(torch.from_numpy(logits), reference, x)
@@ -254,8 +262,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
         raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
     if Path(path).is_dir():
         raise UserError(f"--out {path} is a folder; name the file to write, e.g. {Path(path) / ('model.' + fmt)}")
-    if res is not None and res < 32:
-        raise UserError(f"--res must be at least 32 (the networks downsample 32x), got {res}")
+    if res is not None:
+        check_resolution(res)
     model.eval()
     device = next(model.parameters()).device
     with torch.inference_mode():

@@ -54,6 +54,17 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
                         f"got {tuple(x.shape)}")
 
 
+MIN_RES, MAX_RES = 32, 2048  # the networks downsample 32x; above 2048 a classifier's input is a mistake, not a plan
+
+
+def check_resolution(res: int, flag: str = "--res") -> int:
+    """``res`` if an image side a classifier can take and a machine can hold, else one line naming ``flag``
+    (a stored config's value is checked the same way before anything is allocated)."""
+    if not MIN_RES <= res <= MAX_RES:
+        raise UserError(f"{flag} must be from {MIN_RES} (the networks downsample 32x) to {MAX_RES}, got {res}")
+    return res
+
+
 POOL_TYPES = ("avg", "max", "avgmax", "")  # "": no pooling, the head runs at every pixel (timm's convention)
 
 

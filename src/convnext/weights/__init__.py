@@ -164,6 +164,9 @@ def list_pretrained(model: str | None = None) -> list[PretrainedWeights]:
 
 def get_pretrained(model: str, tag: str | bool = True) -> PretrainedWeights:
     """The registry entry for ``model`` and ``tag`` (``True``: the model's default weights)."""
+    if isinstance(tag, str) and (Path(tag).suffix in (".pt", ".pth", ".bin", ".safetensors") or os.sep in tag):
+        raise UserError(f"--pretrained {tag}: takes the tag of released weights (`convnext models` lists them); "
+                        "a weights file goes to --checkpoint")
     available = list_pretrained(model)
     if not available:
         raise UserError(f"no released weights for {model!r}; models with weights: "

@@ -15,6 +15,7 @@ from convnext.data.augment import BatchMix
 from convnext.engine.optim import layer_ids, lr_at, param_groups
 from convnext.errors import UserError
 from convnext.models import build_model, register_model
+from convnext.models import convnext as registry
 from convnext.tasks.classification.config import resolve_config
 from convnext.tasks.classification.train import train
 from convnext.weights import load_checkpoint
@@ -96,7 +97,8 @@ class HeadFirst(nn.Module):
         return self.head(self.layers(x).mean((2, 3)))
 
 
-def test_layer_decay_for_any_model_follows_the_forward_pass():
+def test_layer_decay_for_any_model_follows_the_forward_pass(monkeypatch):
+    monkeypatch.setattr(registry, "_BUILDERS", dict(registry._BUILDERS))  # the registration ends with the test
     register_model("test_head_first", HeadFirst)
     ids, top = layer_ids(build_model("test_head_first"), res=16)
     assert ids["layers.0.weight"] == 0 and ids["layers.2.bias"] == 1 and ids["head.weight"] == top == 2

@@ -66,6 +66,13 @@ def test_cli_predicts_and_evaluates_with_a_cascade_checkpoint(data, tmp_path, ca
     assert main(["detect", "predict", str(image), "--checkpoint", ckpt, "--score", "0", "--json", "-"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert records and {"bbox", "segmentation", "score"} <= set(records[0])
+    from PIL import Image  # issue 21: a 4000 x 1 strip is skipped in one line, not a traceback
+    Image.new("RGB", (4000, 1)).save(tmp_path / "strip.png")
+    assert main(["detect", "predict", str(tmp_path / "strip.png"), "--checkpoint", ckpt]) == 1
+    assert "too thin for the detector's input size" in capsys.readouterr().err
+    assert main(["segment", "predict", str(image), "--checkpoint", ckpt]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "`convnext detect train` (a detector)" in err[0], err
 
 
 def test_the_demo_refuses_another_model(capsys):

@@ -24,11 +24,16 @@ from ...engine.config import (
     check_order,
     resolve,
 )
+from ...errors import UserError
+from ...models.convnext import MAX_RES, MIN_RES
 from ...weights import IMAGENET_MEAN, IMAGENET_STD
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 LR_SCALINGS = ("linear", "sqrt", "none")
-MIN_RES = 32  # the networks downsample 32x
+MIN_CROP_PCT = 0.5  # evaluation resizes to res / crop_pct: a smaller share would ask for huge images
+MAX_EPOCHS = 10_000
+TASK_MODELS = {"upernet_": "segmentation", "maskrcnn_": "detection", "fasterrcnn_": "detection",
+               "cascade_mask_rcnn_": "detection"}
 
 
 @dataclass
@@ -76,9 +81,11 @@ class TrainConfig(RunConfig):
     lr_scaling: str = "linear"
 
     RANGES: ClassVar[dict[str, Range]] = {
-        **RunConfig.RANGES, "epochs": AT_LEAST_1, "warmup_epochs": NON_NEGATIVE, "lr_batch": AT_LEAST_1,
+        **RunConfig.RANGES, "epochs": Range(1, MAX_EPOCHS), "warmup_epochs": Range(0, MAX_EPOCHS),
+        "lr_batch": AT_LEAST_1,
         "min_lr": NON_NEGATIVE, "layer_scale_init": NON_NEGATIVE, "head_init_scale": POSITIVE,
-        "res": Range(MIN_RES), "crop_pct": Range(0, 1, open_low=True), "mean": Range(-math.inf), "std": POSITIVE,
+        "res": Range(MIN_RES, MAX_RES), "crop_pct": Range(MIN_CROP_PCT, 1), "mean": Range(-math.inf),
+        "std": POSITIVE,
         "crop_scale": Range(0, 1, open_low=True), "crop_ratio": POSITIVE, "randaug_n": NON_NEGATIVE,
         "randaug_m": Range(0, 10), "randaug_mstd": NON_NEGATIVE, "color_jitter": NON_NEGATIVE, "reprob": FRACTION,
         "mixup": NON_NEGATIVE, "cutmix": NON_NEGATIVE, "mixup_prob": FRACTION, "mixup_switch_prob": FRACTION,
@@ -99,6 +106,14 @@ class TrainConfig(RunConfig):
 
     def check_more(self) -> None:
         check_order(self, "crop_scale", "crop_ratio")
+        task = next((kind for prefix, kind in TASK_MODELS.items() if self.model.startswith(prefix)), None)
+        if task:
+            command = "segment" if task == "segmentation" else "detect"
+            raise UserError(f"--model {self.model} is a {task} model: `convnext {command} train` trains it "
+                            "(`convnext train` trains classifiers, e.g. convnext_tiny)")
+        if self.model_args.get("in_chans", 3) != 3:
+            raise UserError(f"setting model_args in_chans={self.model_args['in_chans']!r}: training reads images as "
+                            "RGB, 3 channels (a grayscale image is repeated to 3)")
         check_model_builds(self.model, self.model_args)
 
 

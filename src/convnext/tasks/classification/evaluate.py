@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from ...data.images import Digits, EvalImages, ImageFolder
 from ...errors import UserError, some
+from ...models.convnext import check_resolution
 from ...weights import data_config
 from ..loading import load_model
 
@@ -89,8 +90,8 @@ def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike,
     evaluation preprocessing); the metrics of ``evaluate`` plus ``classes`` are returned."""
     if batch_size < 1 or workers < 0:
         raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
-    if res is not None and res < 32:
-        raise UserError(f"--res must be at least 32 (the networks downsample 32x), got {res}")
+    if res is not None:
+        check_resolution(res)
     model = load_model(model_name, checkpoint=checkpoint, key="model_ema" if ema else None)
     metrics = evaluate_model(model, data, res=res, batch_size=batch_size, workers=workers, device=device)
     return dict(metrics, checkpoint=str(checkpoint), ema=ema)

@@ -83,6 +83,16 @@ def released_size(state: dict) -> str | None:
                  if list(arch.get("dims", ())) == dims and list(arch.get("depths", ())) == depths), None)
 
 
+def check_proportions(model: nn.Module, image: torch.Tensor, path: Path) -> None:
+    """One line for an image the detector cannot take: resized to its test size (shorter side ``test_size``,
+    longer at most ``max_size``), a side would fall below one pixel (e.g. a 4000 x 1 strip)."""
+    height, width = image.shape[-2:]
+    scale = min(model.transform.min_size[-1] / min(height, width), model.transform.max_size / max(height, width))
+    if round(min(height, width) * scale) < 1:
+        raise UserError(f"cannot detect in {path}: {width}x{height} is too thin for the detector's input size "
+                        f"(shorter side {model.transform.min_size[-1]}, longer at most {model.transform.max_size})")
+
+
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
            "#469990"]
 
@@ -122,6 +132,7 @@ def predict_files(model: nn.Module, files: list[Path], classes: list[str], cat_i
     for position, path in enumerate(files, start=1):
         try:
             image = to_tensor(load_image(path))
+            check_proportions(model, image, path)
         except UserError as err:
             skipped[path] = str(err)
             continue

@@ -36,8 +36,11 @@ def load_segmentation_model(name: str | None = None, *, checkpoint: str | os.Pat
     raw = read_checkpoint_file(Path(checkpoint))
     config = raw.get("config") if isinstance(raw.get("config"), dict) else None
     if config is not None and "crop" not in config and not str(config.get("model", "")).startswith("upernet_"):
-        raise UserError(f"{checkpoint} holds a {config.get('model')} from `convnext train` (an image classifier); "
-                        "`convnext segment` takes segmentation checkpoints (`--pretrained` of a backbone for train)")
+        model = str(config.get("model"))
+        made_by = ("`convnext detect train` (a detector)" if "category_ids" in raw or "rcnn" in model
+                   else "`convnext train` (an image classifier)")
+        raise UserError(f"{checkpoint} holds a {model} from {made_by}; `convnext segment` takes segmentation "
+                        "checkpoints (`--pretrained` of a backbone for train)")
     if config is not None and "crop" in config:  # one of our runs
         if num_classes is not None and num_classes != config["num_classes"]:
             raise UserError(f"{checkpoint} was trained for {config['num_classes']} classes, not --num-classes "
