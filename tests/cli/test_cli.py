@@ -157,3 +157,25 @@ def test_segment_demo_refuses_training_options_it_would_not_use(capsys, tmp_path
     err = capsys.readouterr().err
     assert "leave out --set" in err and err.count("\n") == 1
     assert not any(tmp_path.iterdir())  # nothing was made
+
+
+def test_predict_in_bf16_agrees_with_float32(tmp_path, capsys):
+    """``--dtype bf16`` runs the fused model with bf16 weights: probabilities to bf16 rounding."""
+    import numpy as np
+    from PIL import Image
+
+    weights = _atto_weights(tmp_path)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    args = ["predict", str(tmp_path), "--checkpoint", str(weights), "--model", "convnext_atto", "--json",
+            "--topk", "3"]
+    runs = {}
+    for dtype in ("fp32", "bf16"):
+        assert main([*args, "--dtype", dtype]) == 0
+        results = json.loads(capsys.readouterr().out)["results"]
+        runs[dtype] = [{p["index"]: p["probability"] for p in r["predictions"]} for r in results]
+    assert len(runs["bf16"]) == 3 and max(max(probs.values()) for probs in runs["fp32"]) < 0.99  # not saturated
+    for want, got in zip(runs["fp32"], runs["bf16"], strict=True):
+        assert want.keys() == got.keys() == {0, 1, 2}
+        assert max(abs(got[i] - want[i]) for i in want) < 0.02

@@ -202,3 +202,16 @@ def test_no_export_format_carries_this_machines_paths(model, tmp_path, fmt):
         assert not any(".tmp" in name or name.endswith(".debug_pkl") for name in names), names[:5]
     here = [str(Path(export.__file__).resolve().parents[3]).encode(), str(tmp_path).encode(), b"site-packages"]
     assert not any(place in blob for blob in blobs for place in here)
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "torchscript"])
+def test_bf16_exports_take_bf16_images_and_match_float32(model, tmp_path, fmt):
+    report = export.export_model(model, tmp_path / f"m.{fmt}", fmt, dtype="bf16")
+    assert report["passed"] and report["dtype"] == "bf16" and report["fused"]
+    assert 0 < report["max_abs_diff"] <= report["tolerance"] < 1  # bf16 rounding shows, within 2% of the logits
+    loaded = export.load_torchscript(tmp_path / "m.torchscript") if fmt == "torchscript" else \
+        torch.export.load(tmp_path / "m.pt2").module()
+    with torch.inference_mode():
+        assert loaded(batch(2).bfloat16()).dtype == torch.bfloat16
+    with pytest.raises(UserError, match="--dtype bf16 is for torchscript, pt2"):
+        export.export_model(model, tmp_path / "m.onnx", "onnx", dtype="bf16")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from convnext import Pointwise, as_linears, create_model, fuse
-from convnext.models import Block, ConvNeXt
+from convnext.models import Block, ConvNeXt, kernels
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
@@ -111,12 +111,20 @@ def test_dynamic_quantization_of_every_linear_stays_close():
     assert 0 < (got - reference).norm() < 0.05 * reference.norm()
 
 
-def test_fused_gelu_op_passes_torch_library_opcheck():
-    x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last)
-    weight, bias = torch.randn(12, 8, 1, 1), torch.randn(12)
-    torch.library.opcheck(torch.ops.convnext.conv1x1_gelu, (x, weight, bias),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.testing.assert_close(torch.ops.convnext.conv1x1_gelu(x, weight, bias), F.gelu(F.conv2d(x, weight, bias)))
+@pytest.mark.parametrize("slice_bytes", [2**40, 1])  # the whole batch at once; one image at a time
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_mlp_op_passes_torch_library_opcheck(monkeypatch, slice_bytes, dtype):
+    monkeypatch.setattr(kernels, "MLP_SLICE_BYTES", slice_bytes)
+    x, shortcut = (torch.randn(3, c, 5, 5).contiguous(memory_format=torch.channels_last) for c in (8, 6))
+    args = (x, shortcut, torch.randn(12, 8, 1, 1), torch.randn(12), torch.randn(6, 12, 1, 1), torch.randn(6))
+    args = tuple(t.to(dtype) for t in args)
+    before = args[1].clone()
+    torch.library.opcheck(torch.ops.convnext.pointwise_mlp, args, test_utils=("test_schema", "test_faketensor"))
+    got = torch.ops.convnext.pointwise_mlp(*args)
+    want = kernels._pointwise_mlp_reference(*(t.float() for t in args))
+    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.float(), want, **({} if dtype == torch.float32 else dict(atol=0.5, rtol=0.02)))
+    assert torch.equal(args[1], before)  # a functional op: the residual input is left as it was
 
 
 def test_models_are_channels_last_whatever_the_input_layout():

@@ -41,6 +41,9 @@ FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
 ONNX_OPSET = 18
 MIN_ONNX_OPSET = 17  # the first opset with LayerNormalization
 TOLERANCE = 1e-4  # max abs difference of float32 logits accepted from an exported model
+BF16_TOLERANCE = 0.02  # bf16 exports: max abs difference as a fraction of the largest float32 logit
+EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BF16_FORMATS = ("torchscript", "pt2")  # ONNX Runtime has no bf16 CPU kernels; safetensors keeps trained weights
 CHECK_BATCH = 3  # checks run at another batch size than the export example (2): the batch axis is dynamic
 
 
@@ -55,11 +58,11 @@ class OnnxCheck(NamedTuple):
 
 
 def example_input(model: nn.Module, batch: int = 2, res: int | None = None) -> torch.Tensor:
-    """A fixed random image batch at the model's input size (``res`` overrides it)."""
+    """A fixed random image batch at the model's input size (``res`` overrides it), in the model's dtype."""
     size = res or _config(model)["input_size"][-1]
     generator = torch.Generator().manual_seed(0)
-    device = next(model.parameters()).device
-    x = torch.randn(batch, model.in_chans, size, size, generator=generator).to(device)
+    weight = next(model.parameters())
+    x = torch.randn(batch, model.in_chans, size, size, generator=generator).to(weight.device, weight.dtype)
     check_input(model, x)
     return x
 
@@ -227,11 +230,12 @@ def load_torchscript(path: str | os.PathLike, device: torch.device | str = "cpu"
 
 
 def check_module(loaded: nn.Module, reference: nn.Module, *, batch: int = CHECK_BATCH,
-                 res: int | None = None) -> float:
-    """Max abs difference between a reloaded export (TorchScript or ``torch.export``) and ``reference``."""
+                 res: int | None = None, dtype: torch.dtype = torch.float32) -> float:
+    """Max abs difference between a reloaded export (TorchScript or ``torch.export``, taking ``dtype`` input)
+    and ``reference``."""
     x = example_input(reference, batch, res)
     with torch.inference_mode():
-        return _max_abs_diff(loaded(x), reference, x)
+        return _max_abs_diff(loaded(x.to(dtype)), reference, x)
 
 
 def _max_abs_diff(logits: torch.Tensor, reference: nn.Module, x: torch.Tensor) -> float:
@@ -249,7 +253,7 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike) -> Path:
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: int | None = None,
-                 opset: int = ONNX_OPSET, script: bool = False, fuse: bool = True) -> dict:
+                 opset: int = ONNX_OPSET, script: bool = False, fuse: bool = True, dtype: str = "fp32") -> dict:
     """Write ``model`` as ``fmt``, load the file back, run it on a ``CHECK_BATCH`` batch and compare it with
     ``model`` itself.
 
@@ -257,9 +261,16 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
     scale folded into the pointwise weights: fewer nodes, same logits); safetensors always holds the
     unfused weights under the official names. Returns a report: the file, its size, the max abs difference
     of the logits (``passed`` when it is within ``TOLERANCE``) and, for ONNX, the LayerNorm node counts.
+    ``dtype="bf16"`` (TorchScript, pt2) casts the weights once and takes bf16 images; it passes within
+    ``BF16_TOLERANCE`` of the largest float32 logit.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if dtype not in EXPORT_DTYPES:
+        raise UserError(f"--dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    if dtype != "fp32" and fmt not in BF16_FORMATS:
+        raise UserError(f"--dtype {dtype} is for {', '.join(BF16_FORMATS)} (ONNX Runtime has no bf16 CPU kernels; "
+                        "safetensors keeps the trained float32 weights)")
     if Path(path).is_dir():
         raise UserError(f"--out {path} is a folder; name the file to write, e.g. {Path(path) / ('model.' + fmt)}")
     if res is not None:
@@ -268,10 +279,13 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
     device = next(model.parameters()).device
     with torch.inference_mode():
         model(example_input(model, 1, res))  # a size the model cannot take fails here, in its own words
-    fuse = fuse and fmt != "safetensors"
-    exported = model.fuse_for_inference() if fuse else model
-    report: dict = {"model": model_name(model), "format": fmt,
-                    "path": str(path), "res": res or _config(model)["input_size"][-1], "fused": fuse}
+    fuse, cast = fuse and fmt != "safetensors", EXPORT_DTYPES[dtype]
+    if fuse:
+        exported = model.fuse_for_inference(cast)
+    else:
+        exported = model if dtype == "fp32" else copy.deepcopy(model).to(cast)
+    report: dict = {"model": model_name(model), "format": fmt, "path": str(path),
+                    "res": res or _config(model)["input_size"][-1], "fused": fuse, "dtype": dtype}
     if fmt == "onnx":
         _require("ONNX export", "onnx", "onnxscript", "onnxruntime")  # before any work, not after it
         export_onnx(exported, path, res=res, opset=opset)
@@ -280,13 +294,22 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
         report.update(opset=opset, layer_norm_nodes=check.layer_norms, decomposed_norm_ops=check.decomposed_norm_ops)
     elif fmt == "torchscript":
         export_torchscript(exported, path, res=res, script=script)
-        diff = check_module(load_torchscript(path, device), model, res=res)
+        diff = check_module(load_torchscript(path, device), model, res=res, dtype=cast)
         report["torchscript"] = "scripted" if script else "traced"
     elif fmt == "pt2":
         save_program(exported, path, res=res)
-        diff = check_module(torch.export.load(path).module(), model, res=res)
+        diff = check_module(torch.export.load(path).module(), model, res=res, dtype=cast)
     else:
         export_safetensors(model, path)
         diff = check_module(load_model(report["model"], checkpoint=path).to(device), model, res=res)
-    report.update(bytes=Path(path).stat().st_size, max_abs_diff=diff, check_batch=CHECK_BATCH, passed=diff <= TOLERANCE)
+    report.update(bytes=Path(path).stat().st_size, max_abs_diff=diff, check_batch=CHECK_BATCH,
+                  tolerance=_tolerance(model, res, dtype))
+    report["passed"] = diff <= report["tolerance"]
     return report
+
+
+def _tolerance(model: nn.Module, res: int | None, dtype: str) -> float:
+    if dtype == "fp32":
+        return TOLERANCE
+    with torch.inference_mode():
+        return BF16_TOLERANCE * model(example_input(model, CHECK_BATCH, res)).abs().max().item()

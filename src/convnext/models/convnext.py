@@ -140,11 +140,12 @@ class ConvNeXtBase(nn.Module):
         """Recompute each block's activations in backward: less memory for ~30% more compute."""
         self.grad_checkpointing = enable
 
-    def fuse_for_inference(self) -> nn.Module:
-        """A frozen copy with the same outputs and fewer operations: see `convnext.models.fuse.fuse`."""
+    def fuse_for_inference(self, dtype: torch.dtype | None = None) -> nn.Module:
+        """A frozen copy with the same outputs and fewer operations, its weights cast once to ``dtype`` if
+        given (``torch.bfloat16`` for bf16 inference): see `convnext.models.fuse.fuse`."""
         from .fuse import fuse  # fuse.py builds on this module
 
-        return fuse(self)
+        return fuse(self, dtype)
 
 
 class ClassifierHead:

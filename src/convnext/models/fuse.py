@@ -1,10 +1,11 @@
 """Inference-only ConvNeXt blocks: the same function with the per-channel affine maps folded into weights.
 
 Each block's LayerNorm affine moves into the first pointwise layer and its layer scale into the second, so a
-block runs a depthwise conv, a bare LayerNorm, a 1x1 convolution with its GELU (``convnext::conv1x1_gelu``,
-one oneDNN call on CPUs), a second 1x1 convolution and the residual add, in place. The result keeps the
-model's API (``forward_features``, ``forward_head``, feature pyramids) and is meant for inference: its
-weights no longer have the official names.
+block runs a depthwise conv, a bare LayerNorm and its pointwise MLP with the residual add
+(``convnext::pointwise_mlp``: two oneDNN convolutions with GELU and add post-ops on CPUs). The weights can be
+cast once to bf16 (``dtype=torch.bfloat16``), which is what deploying on CPUs with AMX or on GPUs wants. The
+result keeps the model's API (``forward_features``, ``forward_head``, feature pyramids) and is meant for
+inference: its weights no longer have the official names.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .block import Block
@@ -57,16 +57,21 @@ class FusedBlock(nn.Module):
             self.pwconv2 = _frozen_conv1x1(projection.weight * gamma[:, None], projection.bias * gamma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.convnext.conv1x1_gelu(self.norm(self.dwconv(x)), self.pwconv1.weight, self.pwconv1.bias)
-        return F.conv2d(y, self.pwconv2.weight, self.pwconv2.bias).add_(x)  # in place: no extra buffer
+        y = self.norm(self.dwconv(x))
+        return torch.ops.convnext.pointwise_mlp(y, x, self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight,
+                                                self.pwconv2.bias)
 
 
-def fuse(model: nn.Module) -> nn.Module:
-    """A frozen, channels_last copy of ``model`` (in eval mode) whose every `Block` is a `FusedBlock`.
+def fuse(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A frozen, channels_last copy of ``model`` (in eval mode) whose every `Block` is a `FusedBlock`, its
+    floating-point weights cast to ``dtype`` if given (inputs are then expected in that dtype too).
 
-    Logits match the original's to float32 rounding; ``model`` itself is left as it was.
+    Logits match the original's to float32 rounding (bf16: to its rounding); ``model`` is left as it was.
     """
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"fuse casts to a floating-point dtype, not {dtype}")
     # deepcopy puts each block's FusedBlock where the block's copy would go: blocks are never copied
     fused_blocks = {id(module): FusedBlock(module) for module in model.modules() if isinstance(module, Block)}
     fused = copy.deepcopy(model, memo=fused_blocks)
-    return fused.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    fused = fused.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    return fused if dtype is None else fused.to(dtype)

@@ -4,12 +4,13 @@
   forward convolutions (input gradient: the flipped kernel; weight gradient: each input plane correlated
   with its own gradient plane), which oneDNN runs faster than its backward-weights kernel for 7x7
   depthwise filters, and whose bias gradient is a plain sum.
-- ``convnext::conv1x1_gelu``, a ``torch.library`` custom op with a fake kernel (FakeTensor, ``torch.export``,
-  ``torch.compile``) and a vmap rule: a 1x1 convolution followed by exact GELU. On CPUs in float32 the GELU
-  runs inside oneDNN's convolution as a post-op (``torch.ops.mkldnn._convolution_pointwise``, a private op:
-  tested with the torch range pinned in pyproject.toml; where it is missing the op runs conv + GELU).
-  Inference only (no autograd formula): `convnext.models.fuse` uses it; `DECOMPOSITIONS` turns it back into
-  plain ATen ops for graph formats (ONNX, ``.pt2``) that should not depend on this package.
+- ``convnext::pointwise_mlp``, a ``torch.library`` custom op with a fake kernel (FakeTensor, ``torch.export``,
+  ``torch.compile``) and a vmap rule: the block's 1x1 convolution, exact GELU, second 1x1 convolution and
+  residual add. On CPUs (float32 and bf16) the GELU and the add run inside oneDNN's convolutions as post-ops
+  (``torch.ops.mkldnn._convolution_pointwise``, private ops: tested with the torch range pinned in
+  pyproject.toml; where they are missing the op runs the plain ATen ops). Inference only (no autograd
+  formula): `convnext.models.fuse` uses it; `DECOMPOSITIONS` turns it back into plain ATen ops for graph
+  formats (ONNX, ``.pt2``) that should not depend on this package.
 
 Neither branches on how it is being traced: tools see either a plain forward or one well-described op.
 """
@@ -80,48 +81,81 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-# -- 1x1 convolution + GELU (inference) --------------------------------------------------------------------
+# -- the block's pointwise MLP (inference) -----------------------------------------------------------------
+
+# Hidden activations (4x the block's width) per slice of the batch: slices of this size stay near the cores
+# between the two convolutions instead of going out to memory and back (benchmarks/perf_table.py measures it).
+MLP_SLICE_BYTES = 8 * 2**20
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _conv1x1_gelu_reference(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return F.gelu(F.conv2d(x, weight, bias))
+def _pointwise_mlp_reference(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | None, weight2: Tensor,
+                             bias2: Tensor | None) -> Tensor:
+    return shortcut + F.conv2d(F.gelu(F.conv2d(x, weight1, bias1)), weight2, bias2)
 
 
-@torch.library.custom_op("convnext::conv1x1_gelu", mutates_args=())
-def conv1x1_gelu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """``gelu(F.conv2d(x, weight, bias))`` for a (out, in, 1, 1) weight, the GELU fused on CPUs."""
-    if _ONEDNN_POINTWISE and x.device.type == "cpu" and x.dtype == weight.dtype == torch.float32:
-        y = torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "gelu", [None],
-                                                    "none")
-    else:
-        y = _conv1x1_gelu_reference(x, weight, bias)
-    return y.contiguous(memory_format=_memory_format(x))
+def _runs_on_onednn(x: Tensor, shortcut: Tensor, weight1: Tensor) -> bool:
+    """oneDNN's fused convolutions want CPU channels_last tensors of one dtype it has post-ops for (bf16 only
+    where the CPU has bf16 instructions: elsewhere oneDNN would emulate them)."""
+    if not (_ONEDNN_POINTWISE and x.device.type == "cpu" and x.dtype == shortcut.dtype == weight1.dtype):
+        return False
+    if x.dtype not in _ONEDNN_DTYPES:
+        return False
+    if x.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    return all(t.is_contiguous(memory_format=torch.channels_last) for t in (x, shortcut))
 
 
-@conv1x1_gelu.register_fake
-def _(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    shape = (x.shape[0], weight.shape[0], *x.shape[2:])
-    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=_memory_format(x))
+@torch.library.custom_op("convnext::pointwise_mlp", mutates_args=())
+def pointwise_mlp(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | None, weight2: Tensor,
+                  bias2: Tensor | None) -> Tensor:
+    """``shortcut + conv2d(gelu(conv2d(x, weight1, bias1)), weight2, bias2)`` for (out, in, 1, 1) weights.
+
+    On CPUs (float32, bf16) the GELU and the residual add run inside oneDNN's convolutions as post-ops, a few
+    images at a time so that the hidden activations of a slice are still in cache when the second
+    convolution reads them.
+    """
+    if not _runs_on_onednn(x, shortcut, weight1):
+        return _pointwise_mlp_reference(x, shortcut, weight1, bias1, weight2, bias2).contiguous(
+            memory_format=_memory_format(shortcut))
+    out = shortcut.clone(memory_format=torch.channels_last)
+    hidden_bytes = x.shape[2] * x.shape[3] * weight1.shape[0] * x.element_size()
+    step = max(1, MLP_SLICE_BYTES // max(hidden_bytes, 1))
+    onednn, same = torch.ops.mkldnn, ([0, 0], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
+    for start in range(0, x.shape[0], step):
+        hidden = onednn._convolution_pointwise(x[start:start + step], weight1, bias1, *same, "gelu", [None], "none")
+        onednn._convolution_pointwise_.binary(out[start:start + step], hidden, weight2, bias2, *same, "add", None,
+                                              None, [], None)
+    return out
 
 
-@conv1x1_gelu.register_vmap
-def _(info, in_dims, x, weight, bias):
+@pointwise_mlp.register_fake
+def _(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | None, weight2: Tensor,
+      bias2: Tensor | None) -> Tensor:
+    return torch.empty_like(shortcut, memory_format=_memory_format(shortcut))
+
+
+@pointwise_mlp.register_vmap
+def _(info, in_dims, x, shortcut, weight1, bias1, weight2, bias2):
     """Images batched alone fold into the op's own batch axis; batched weights run one call per entry."""
-    x_dim, weight_dim, bias_dim = in_dims
-    if weight_dim is None and bias_dim is None:
-        x = x.movedim(x_dim, 0)
-        y = conv1x1_gelu(x.flatten(0, 1), weight, bias)
-        return y.unflatten(0, x.shape[:2]), 0
-    pick = [(t, d) for t, d in zip((x, weight, bias), in_dims, strict=True)]
-    calls = [conv1x1_gelu(*(t if d is None else t.select(d, i) for t, d in pick)) for i in range(info.batch_size)]
+    args = (x, shortcut, weight1, bias1, weight2, bias2)
+    if all(d is None for d in in_dims[2:]):
+        size = info.batch_size
+        images = [t.movedim(d, 0) if d is not None else t.expand(size, *t.shape)
+                  for t, d in zip(args[:2], in_dims[:2], strict=True)]
+        y = pointwise_mlp(images[0].flatten(0, 1), images[1].flatten(0, 1), *args[2:])
+        return y.unflatten(0, (size, -1)), 0
+    calls = [pointwise_mlp(*(t if d is None else t.select(d, i) for t, d in zip(args, in_dims, strict=True)))
+             for i in range(info.batch_size)]
     return torch.stack(calls), 0
 
 
-@register_flop_formula(torch.ops.convnext.conv1x1_gelu)
-def _(x_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
-    """What FlopCounterMode counts for the op: its convolution's multiply-adds, twice (as for aten convs)."""
-    return 2 * x_shape[0] * x_shape[2] * x_shape[3] * weight_shape[0] * weight_shape[1]
+@register_flop_formula(torch.ops.convnext.pointwise_mlp)
+def _(x_shape, shortcut_shape, weight1_shape, bias1_shape, weight2_shape, *args, out_shape=None, **kwargs) -> int:
+    """What FlopCounterMode counts for the op: its two convolutions' multiply-adds, twice (as for aten convs)."""
+    pixels = x_shape[0] * x_shape[2] * x_shape[3]
+    return 2 * pixels * weight1_shape[0] * (weight1_shape[1] + weight2_shape[0])
 
 
 # Plain-ATen decompositions, for ``ExportedProgram.run_decompositions``.
-DECOMPOSITIONS = {torch.ops.convnext.conv1x1_gelu.default: _conv1x1_gelu_reference}
+DECOMPOSITIONS = {torch.ops.convnext.pointwise_mlp.default: _pointwise_mlp_reference}

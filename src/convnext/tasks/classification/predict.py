@@ -98,7 +98,8 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, topk: int =
         raise UserError(f"--topk and --batch-size must be at least 1, got {topk} and {batch_size}")
     model.eval()
     transform = eval_transform(model.pretrained_cfg)
-    device = next(model.parameters(), torch.empty(0)).device  # an INT8 OpenVINO model has none: CPU
+    weight = next(model.parameters(), torch.empty(0))  # an INT8 OpenVINO model has none: CPU, float32 input
+    device, dtype = weight.device, weight.dtype
     for start in range(0, len(paths), batch_size):
         batch = [Prediction(Path(p)) for p in paths[start:start + batch_size]]
         images = []
@@ -108,7 +109,7 @@ def predict(model: nn.Module, paths: Sequence[str | os.PathLike], *, topk: int =
             except UserError as err:
                 item.error = str(err)
         if images:
-            probs = model(torch.stack(images).to(device)).float().softmax(-1)
+            probs = model(torch.stack(images).to(device, dtype)).float().softmax(-1)
             values, indices = probs.topk(min(topk, probs.shape[-1]))
             readable = (item for item in batch if item.error is None)
             for item, p, i in zip(readable, values.tolist(), indices.tolist(), strict=True):
