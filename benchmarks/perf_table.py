@@ -24,13 +24,15 @@ from pathlib import Path
 
 import torch
 
+from convnext.deploy.benchmark import DTYPES
 from convnext.deploy.table12 import PAPER_TABLE_12
 
 HERE = Path(__file__).resolve().parent
 CPU_SETTINGS = {
     "inference fp32": dict(batches=[1, 32], train=False, dtype="fp32"),
     "training fp32": dict(batches=[16], train=True, dtype="fp32"),
-    "inference bf16": dict(batches=[32], train=False, dtype="bf16"),
+    # bf16 inference: every PyTorch model with its weights cast to bf16 (what a deploying user does)
+    "inference bf16": dict(batches=[1, 32], train=False, dtype="bf16"),
     "training bf16": dict(batches=[16], train=True, dtype="bf16"),
     # Our INT8 model (`convnext quantize`) against our float32 eager model and OpenVINO's / ONNX Runtime's INT8.
     "inference int8": dict(batches=[32], train=False, dtype="int8"),
@@ -70,22 +72,33 @@ def child(args: argparse.Namespace) -> None:
     torch.backends.cuda.matmul.allow_tf32 = spec.pop("tf32", False)
     report = run_benchmark([spec.pop("model")], **spec, extra_peers={"official": official_layout}, clock=clock)
     report["settings"]["keep_freed_memory"] = kept
-    report["gemm_tflops"] = gemm_rate(spec.get("device", "cpu"), clock)
+    report["gemm_tflops"] = gemm_rate(spec.get("device", "cpu"), clock, report["settings"]["dtype"])
     print(json.dumps(report))
 
 
-def gemm_rate(device: str, clock, rounds: int = 5) -> float:
+def gemm_rate(device: str, clock, dtype: str = "fp32", rounds: int = 5) -> float:
     """TFLOP/s of the largest pointwise layer of ConvNeXt-T (stage 1, 96 -> 384 channels at 56x56, batch 32)
-    as a channels_last 1x1 convolution (oneDNN on CPUs), best of ``rounds``: the ceiling our rows approach."""
+    as a channels_last 1x1 convolution in ``dtype`` (oneDNN on CPUs: AMX for bf16 and int8 where the CPU has
+    it; int8 is PyTorch's quantized oneDNN convolution), best of ``rounds``: the ceiling our rows approach."""
     x = torch.randn(32, 96, 56, 56, device=device).contiguous(memory_format=torch.channels_last)
     w = torch.randn(384, 96, 1, 1, device=device)
+    if dtype == "int8":
+        torch.backends.quantized.engine = "onednn"
+        layer = torch.ao.nn.quantized.Conv2d(96, 384, 1)
+        layer.set_weight_bias(torch.quantize_per_tensor(w, 0.01, 0, torch.qint8), None)
+        x = torch.quantize_per_tensor(x.abs(), 0.01, 0, torch.quint8)
+    else:
+        x, w = x.to(DTYPES[dtype]), w.to(DTYPES[dtype])
+
+        def layer(x):
+            return torch.nn.functional.conv2d(x, w)
     flops = 2 * 32 * 56 * 56 * 96 * 384
     best = float("inf")
     with torch.inference_mode():
-        torch.nn.functional.conv2d(x, w)
+        layer(x)
         for _ in range(rounds):
             start = clock()
-            torch.nn.functional.conv2d(x, w)
+            layer(x)
             if device == "cuda":
                 torch.cuda.synchronize()
             best = min(best, clock() - start)
@@ -117,8 +130,8 @@ def markdown(reports: list[tuple[str, dict]]) -> str:
             lines.append(f"| {title} | {'yes' if report['settings']['keep_freed_memory'] else 'no'} | {row['batch']} "
                          f"| {row['impl']} | {speed['median']:.2f} [{speed['min']:.2f} - {speed['max']:.2f}] | "
                          f"{row['tflops']:.3f} | {row['peak_mem_mb']:.0f} | {ratios} |")
-    lines += ["", "Fraction of the GEMM rate (`gemm_rate`: the largest pointwise layer alone, measured in the same "
-              "process) that our rows reach:", ""]
+    lines += ["", "Fraction of the GEMM rate of the row's dtype (`gemm_rate`: the largest pointwise layer alone, "
+              "measured in the same process; int8: PyTorch's quantized oneDNN convolution) that our rows reach:", ""]
     for title, report in reports:
         ours = [f"{row['impl']} batch {row['batch']}: {row['tflops'] / report['gemm_tflops']:.0%}"
                 for row in report["results"] if "ratio" in row]

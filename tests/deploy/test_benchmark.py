@@ -4,9 +4,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from convnext.cli import main
 from convnext.deploy import benchmark
+from convnext.models import build_model
 
 SMALL = ["--model", "convnext_atto", "--res", "32", "--rounds", "1", "--warmup", "1", "--threads", "2"]
 
@@ -97,3 +99,13 @@ def test_keep_freed_memory_applies_on_glibc():
     """In a child process: the setting is process-wide and permanent."""
     code = "import sys; from convnext import keep_freed_memory; sys.exit(0 if keep_freed_memory() is True else 1)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_bf16_inference_casts_every_pytorch_model_once(capsys):
+    report = run_json(capsys, "--batch", "1", "--peers", "timm", "--dtype", "bf16")
+    assert report["settings"]["low_precision"] == "weights cast"
+    assert {r["impl"] for r in report["results"]} == {"convnext", "convnext-fused", "timm"}
+    model = build_model("convnext_atto").fuse_for_inference()
+    step = benchmark._make_step(model, torch.randn(1, 3, 32, 32), train=False, dtype=torch.bfloat16, cast=True)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    step()  # bf16 weights take the bf16 input without autocast
