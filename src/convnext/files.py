@@ -29,6 +29,11 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _REFUSED = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
+def natural_key(path: Path) -> list:
+    """Sort key that orders file names as people number them: ``2.jpg`` before ``10.jpg``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
 def temp_path(path: Path) -> Path:
     """The temporary file for ``path``: hidden, beside it, unique to this process, ending in ``path``'s own
     suffix (some writers pick the format from it): ``.last.pt.4242.tmp.pt``."""

@@ -133,7 +133,10 @@ def test_every_command_builds_its_arguments(capsys):
         with pytest.raises(SystemExit) as done:
             main([*argv, "--help"])
         assert done.value.code == 0, argv
-        assert capsys.readouterr().out.startswith(f"usage: convnext {' '.join(argv)} "), argv
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: convnext {' '.join(argv)} "), argv
+        after_usage = out[out.index("\n\n") + 2:]
+        assert not after_usage.startswith(("options:", "positional arguments:")), f"{argv}: no description"
     with pytest.raises(SystemExit) as done:
         main(["detect", "train", "--set", "drop_path=0.2", "layer_decay=0.9", "--set"])
     assert done.value.code == 2 and "expected at least one argument" in capsys.readouterr().err

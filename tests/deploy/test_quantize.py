@@ -76,6 +76,8 @@ def test_predict_runs_the_int8_file(setup, capsys):
     assert results["model"] == "convnext_atto"
     assert len(results["results"]) == len(list((setup["val"] / "3").iterdir()))  # every held-out 3
     assert all(len(r["predictions"]) == 5 for r in results["results"])
+    _one_line_error(capsys, ["predict", "--checkpoint", str(setup["out"]), str(setup["val"] / "3"), "--dtype", "bf16"],
+                    "an INT8 model runs in its own precision: leave out --dtype")
 
 
 def _one_line_error(capsys, argv, needle):

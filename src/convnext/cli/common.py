@@ -30,7 +30,9 @@ class Commands(argparse._SubParsersAction):
         self._fillers: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
     def add(self, name: str, fill: Callable[[argparse.ArgumentParser], None], **kwargs) -> None:
-        """``convnext ... NAME``: ``kwargs`` as for ``add_parser`` (``help``, ``description``)."""
+        """``convnext ... NAME``: ``kwargs`` as for ``add_parser`` (``help``, ``description``); the help line is
+        also the command's own ``--help`` description unless one is given."""
+        kwargs.setdefault("description", kwargs.get("help"))
         self.add_parser(name, **kwargs)
         self._fillers[name] = fill
 

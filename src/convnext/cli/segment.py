@@ -148,12 +148,13 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 
 
 def _images(inputs: list[str]) -> list[Path]:
+    from ..files import natural_key
     from ..tasks.segmentation.data import IMAGE_SUFFIXES
 
     found = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += sorted((p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=natural_key)
         elif item.is_file():
             found.append(item)
         else:

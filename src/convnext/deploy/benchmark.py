@@ -9,6 +9,7 @@ has the architecture, and for CPU float32 inference ONNX Runtime and OpenVINO ru
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import functools
@@ -99,7 +100,9 @@ class _OnnxRunner(nn.Module):
 @functools.cache
 def _scratch() -> tempfile.TemporaryDirectory:
     """One folder for this process's exported graphs, removed when the process ends."""
-    return tempfile.TemporaryDirectory(prefix="convnext-bench-")
+    folder = tempfile.TemporaryDirectory(prefix="convnext-bench-")
+    atexit.register(folder.cleanup)  # removed by us, before the interpreter would warn about it
+    return folder
 
 
 @functools.cache  # one export serves every runtime

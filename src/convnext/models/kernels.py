@@ -83,9 +83,9 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
 
 # -- the block's pointwise MLP (inference) -----------------------------------------------------------------
 
-# Hidden activations (4x the block's width) per slice of the batch: slices of this size stay near the cores
-# between the two convolutions instead of going out to memory and back (benchmarks/perf_table.py measures it).
-MLP_SLICE_BYTES = 8 * 2**20
+# Hidden activations (4x the block's width) per slice of the batch. Slicing a large batch lets glibc hand the
+# same few buffers back from its cache instead of mapping fresh pages for every whole-batch hidden tensor.
+MLP_SLICE_BYTES = 16 * 2**20
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -112,8 +112,7 @@ def pointwise_mlp(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | 
     """``shortcut + conv2d(gelu(conv2d(x, weight1, bias1)), weight2, bias2)`` for (out, in, 1, 1) weights.
 
     On CPUs (float32, bf16) the GELU and the residual add run inside oneDNN's convolutions as post-ops, a few
-    images at a time so that the hidden activations of a slice are still in cache when the second
-    convolution reads them.
+    images at a time (``MLP_SLICE_BYTES`` of hidden activations per slice).
     """
     if not _runs_on_onednn(x, shortcut, weight1):
         return _pointwise_mlp_reference(x, shortcut, weight1, bias1, weight2, bias2).contiguous(

@@ -54,8 +54,11 @@ class QuantizedModel(nn.Module):
             self._threads = threads
         return torch.from_numpy(self._compiled(x.detach().float().contiguous().numpy())[0])
 
-    def fuse_for_inference(self) -> QuantizedModel:
-        return self  # already folded by the export
+    def fuse_for_inference(self, dtype: torch.dtype | None = None) -> QuantizedModel:
+        """Already folded by the export; an INT8 model has no float dtype to cast to."""
+        if dtype not in (None, torch.float32):
+            raise UserError("an INT8 model runs in its own precision: leave out --dtype")
+        return self
 
 
 def load_quantized(path: str | os.PathLike) -> QuantizedModel:

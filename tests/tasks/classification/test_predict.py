@@ -270,3 +270,9 @@ def test_training_run_checkpoint_brings_architecture_preprocessing_and_classes(t
         assert sorted(p["label"] for p in report["results"][0]["predictions"]) == classes
     with pytest.raises(UserError, match="holds a convnext_atto"):
         load_model("convnext_femto", checkpoint=tmp_path / "best.pt")
+
+
+def test_folders_list_numbered_files_in_number_order(tmp_path):
+    for name in ("10.png", "2.png", "1.png", "img11.jpg", "img9.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    assert [f.name for f in find_images([tmp_path])] == ["1.png", "2.png", "10.png", "img9.jpg", "img11.jpg"]

@@ -18,6 +18,7 @@ from torch import nn
 
 from ...data.images import IMAGE_EXTENSIONS, eval_transform, load_image
 from ...errors import UserError
+from ...files import natural_key
 from ...weights import LABEL_SETS
 
 _DATA = Path(__file__).resolve().parents[2] / "data" / "assets"
@@ -80,8 +81,8 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            found = sorted((p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts)), key=natural_key)
             if not found:
                 raise UserError(f"no image files in folder {item}")
             files += found
