@@ -100,7 +100,12 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _score_line(label: str, scores: dict) -> str:
-    return f"{label:<28} mIoU {scores['miou']:6.2f}  mAcc {scores['macc']:6.2f}  aAcc {scores['aacc']:6.2f}"
+    from ..tasks.segmentation.metrics import score_text
+
+    line = "  ".join(f"{name} {score_text(scores[key], 6)}" for name, key in
+                     (("mIoU", "miou"), ("mAcc", "macc"), ("aAcc", "aacc")))
+    return f"{label:<28} {line}" + ("  (every mask pixel is ignored: no labelled pixel to score)"
+                                   if scores["miou"] is None else "")
 
 
 def _evaluate(args: argparse.Namespace) -> int:

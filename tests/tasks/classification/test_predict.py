@@ -272,6 +272,15 @@ def test_training_run_checkpoint_brings_architecture_preprocessing_and_classes(t
         load_model("convnext_femto", checkpoint=tmp_path / "best.pt")
 
 
+def test_a_broken_link_in_a_folder_is_reported_not_skipped(tmp_path, model):
+    Image.new("RGB", (40, 40), "red").save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "gone.png")
+    files = find_images([tmp_path])
+    assert [f.name for f in files] == ["a.png", "b.png"]
+    errors = [p.error for p in predict(model, files, topk=1) if p.error]
+    assert len(errors) == 1 and "b.png" in errors[0]
+
+
 def test_folders_list_numbered_files_in_number_order(tmp_path):
     for name in ("10.png", "2.png", "1.png", "img11.jpg", "img9.jpg"):
         Image.new("RGB", (8, 8)).save(tmp_path / name)

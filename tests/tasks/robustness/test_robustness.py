@@ -282,3 +282,15 @@ def test_a_pre_generated_tree_is_scored_with_classes_matched_by_name(digits_run,
     entry = report["summary"]["model"]["c"]
     assert entry["images"] == 10 and entry["severities"] == [1, 2, 3, 4, 5] and "clean_error" not in entry
     assert max(entry["errors"]["gaussian_noise"]) <= 30  # clean digits saved in the tree: mostly right
+
+
+def test_unreadable_images_left_out_are_said_in_the_report():
+    from convnext.tasks.robustness.report import format_table, summarise
+
+    score = dict(top1=50.0, error=50.0, count=33, skipped=2)
+    results = {"ours": {"a/clean/clean": score, "c/gaussian_noise/1": score, "c/gaussian_noise/2": score}}
+    text = format_table(summarise(results))
+    assert "ours, ImageNet-A: 2 unreadable image(s) left out of the scores" in text
+    assert "(33 images each, 2 unreadable left out)" in text
+    del score["skipped"]  # scores stored by earlier versions did not count them
+    assert "unreadable" not in format_table(summarise(results))

@@ -99,6 +99,27 @@ def test_confusion_matrix_scores_by_hand():
     assert scores["aacc"] == 75.0 and scores["macc"] == 75.0 and scores["pixels"] == 4
 
 
+def test_scores_are_undefined_not_zero_when_every_pixel_is_ignored():
+    from convnext.cli.segment import _score_line
+
+    m = ConfusionMatrix(3)
+    m.update(torch.tensor([0, 1]), torch.tensor([IGNORE, IGNORE]))
+    scores = m.scores()
+    assert scores["miou"] is None and scores["macc"] is None and scores["aacc"] is None and scores["pixels"] == 0
+    line = _score_line("val", scores)
+    assert "mIoU undefined" in line and "every mask pixel is ignored" in line
+
+
+def test_two_images_of_one_name_are_refused_not_dropped(tmp_path):
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "0.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "0.png")
+    Image.new("L", (8, 8)).save(tmp_path / "masks" / "0.png")
+    with pytest.raises(UserError, match="0.jpg and 0.png share the name 0"):
+        segmentation_folder(tmp_path, "val")
+
+
 def test_sliding_windows_equal_one_pass_for_a_pointwise_model():
     torch.manual_seed(0)
     model = torch.nn.Conv2d(3, 4, 1)

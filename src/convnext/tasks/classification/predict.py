@@ -81,7 +81,9 @@ def find_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted((p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            # a broken link is listed too: it is then reported as unreadable, like training reports it
+            found = sorted((p for p in item.rglob("*") if (p.is_file() or p.is_symlink())
+                            and p.suffix.lower() in IMAGE_EXTENSIONS
                             and not any(part.startswith(".") for part in p.relative_to(item).parts)), key=natural_key)
             if not found:
                 raise UserError(f"no image files in folder {item}")

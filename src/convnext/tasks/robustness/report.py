@@ -27,7 +27,8 @@ def _corruption_summary(scores: dict[str, dict[str, dict]], suite: str, imagenet
     errors = {c: [scores[c][s]["error"] for s in sorted(scores[c], key=int)] for c in order if c in scores}
     severities = sorted({int(s) for c in order if c in scores for s in scores[c]})
     summary = dict(errors=errors, severities=severities, mean_error=mean_error(errors),
-                   error_by_severity=error_by_severity(errors), images=_images(scores))
+                   error_by_severity=error_by_severity(errors), images=_images(scores),
+                   unreadable=_unreadable(scores))
     if "clean" in scores:
         summary["clean_error"] = scores["clean"]["clean"]["error"]
     if suite == "c" and imagenet and severities == [1, 2, 3, 4, 5]:
@@ -38,6 +39,13 @@ def _corruption_summary(scores: dict[str, dict[str, dict]], suite: str, imagenet
 
 def _images(scores: dict[str, dict[str, dict]]) -> int:
     return max((score["count"] for by_severity in scores.values() for score in by_severity.values()), default=0)
+
+
+def _unreadable(scores: dict[str, dict[str, dict]]) -> int:
+    """Images of the folder that could not be read and were left out of every score (scores stored before
+    this was counted say 0)."""
+    return max((score.get("skipped", 0) for by_severity in scores.values() for score in by_severity.values()),
+               default=0)
 
 
 def summarise(results: dict[str, dict[str, dict]], *, imagenet_suites: set[str] = frozenset(),
@@ -54,7 +62,8 @@ def summarise(results: dict[str, dict[str, dict]], *, imagenet_suites: set[str] 
                 summary[label][suite] = _corruption_summary(by_corruption, suite, suite in imagenet_suites)
             else:
                 score = by_corruption["clean"]["clean"]
-                summary[label][suite] = dict(top1=score["top1"], error=score["error"], images=score["count"])
+                summary[label][suite] = dict(top1=score["top1"], error=score["error"], images=score["count"],
+                                             unreadable=score.get("skipped", 0))
     if baseline is not None:
         for label, suites in summary.items():
             for suite, entry in suites.items():
@@ -93,6 +102,8 @@ def format_table(summary: dict) -> str:
     lines += [f"{label:<{width}} " + " ".join(_cell(row[i]) for i in shown) for label, row in rows.items()]
     lines.append("clean, A, R, Sketch: top-1 %; C mCE: % of AlexNet's error (ImageNet only); C err, C-bar: mean "
                  "top-1 error %; C relCE: mean CE as % of the baseline's (lower is more robust)")
+    lines += [f"{label}, {SUITE_NAMES[suite]}: {entry['unreadable']} unreadable image(s) left out of the scores"
+              for label, suites in summary.items() for suite, entry in suites.items() if entry.get("unreadable")]
     for label, suites in summary.items():
         for suite in ("c", "cbar"):
             if suite in suites:
@@ -102,7 +113,9 @@ def format_table(summary: dict) -> str:
 
 def _detail(label: str, suite: str, entry: dict) -> str:
     severities = entry["severities"]
-    head = f"{SUITE_NAMES[suite]} corruptions, {label}: top-1 error % per severity ({entry['images']} images each)"
+    left_out = f", {entry['unreadable']} unreadable left out" if entry.get("unreadable") else ""
+    head = (f"{SUITE_NAMES[suite]} corruptions, {label}: top-1 error % per severity ({entry['images']} images "
+            f"each{left_out})")
     lines = [head, f"  {'corruption':<27}" + "".join(f"{s:>7}" for s in severities)
              + f"{'mean':>7}{'CE':>7}{'relCE':>7}"]
     for name, values in entry["errors"].items():

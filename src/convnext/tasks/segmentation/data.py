@@ -60,7 +60,15 @@ class Unreadable(UserError):
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+    """Image (or mask) files by name without suffix, which is how images meet their masks."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
+            if path.stem in files:
+                raise UserError(f"{files[path.stem].name} and {path.name} share the name {path.stem} in {folder}: "
+                                "a mask pairs with its image by name, so keep one of them")
+            files[path.stem] = path
+    return files
 
 
 def _pair(root: Path, images: Path, masks: Path, reduce_zero_label: bool, layout: str) -> SegmentationSource:

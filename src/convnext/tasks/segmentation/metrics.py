@@ -12,6 +12,11 @@ import torch
 from .data import IGNORE
 
 
+def score_text(value: float | None, width: int = 0) -> str:
+    """A score as printed: ``12.34``, or ``undefined`` where no pixel was labelled."""
+    return "undefined" if value is None else f"{value:{width}.2f}"
+
+
 class ConfusionMatrix:
     """Rows: ground truth, columns: prediction."""
 
@@ -28,16 +33,17 @@ class ConfusionMatrix:
         self.matrix += other.to(self.matrix)
 
     def scores(self) -> dict:
-        """``miou``, ``macc``, ``aacc`` in percent, and ``iou`` / ``acc`` per class (None where undefined)."""
+        """``miou``, ``macc``, ``aacc`` in percent, and ``iou`` / ``acc`` per class; None where undefined (no
+        labelled pixel: every mask pixel ignored), never a 0 that reads like a score."""
         m = self.matrix.double()
         hits, truth, predicted = m.diag(), m.sum(1), m.sum(0)
         union = truth + predicted - hits
         iou = hits / union  # NaN where the class is in neither
         acc = hits / truth
         total = m.sum()
-        return dict(miou=100 * float(iou.nanmean()) if (union > 0).any() else 0.0,
-                    macc=100 * float(acc.nanmean()) if (truth > 0).any() else 0.0,
-                    aacc=100 * float(hits.sum() / total) if total > 0 else 0.0,
+        return dict(miou=100 * float(iou.nanmean()) if (union > 0).any() else None,
+                    macc=100 * float(acc.nanmean()) if (truth > 0).any() else None,
+                    aacc=100 * float(hits.sum() / total) if total > 0 else None,
                     iou=[None if v != v else round(100 * float(v), 4) for v in iou.tolist()],
                     acc=[None if v != v else round(100 * float(v), 4) for v in acc.tolist()],
                     pixels=int(total))

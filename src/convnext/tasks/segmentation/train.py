@@ -25,6 +25,7 @@ from ...weights import IMAGENET_MEAN, IMAGENET_STD
 from .config import SegConfig, fit_segmentation_run, poly_factor
 from .data import DrawSampler, SegmentationSet, TrainTransform, problem, train_val_sources
 from .evaluate import EvalSettings, evaluate_segmentation
+from .metrics import score_text
 from .model import build_segmentation_model, segmentation_loss
 from .plots import plot_segmentation_curves
 
@@ -116,7 +117,8 @@ class SegmentationTask(Task):
     def row_text(self, row: dict) -> str:
         if "val_miou" not in row:
             return ""
-        return f"  val mIoU {row['val_miou']:.2f}  mAcc {row['val_macc']:.2f}  aAcc {row['val_aacc']:.2f}"
+        return (f"  val mIoU {score_text(row['val_miou'])}  mAcc {score_text(row['val_macc'])}  "
+                f"aAcc {score_text(row['val_aacc'])}")
 
     def describe(self, index: int) -> str:
         return problem(self.train_src, index, self.config.num_classes) or self.train_src.describe(index)
