@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -56,3 +59,11 @@ def _mmdet_cascade_state(model, dims, fpn, width, classes):
 def mmdet_cascade_state():
     """``(model, dims, fpn, width, classes) -> state dict`` of mmdetection's names for a cascade detector."""
     return _mmdet_cascade_state
+
+
+@pytest.fixture
+def dead_pid() -> int:
+    """The id of a process that has ended (what a ``kill -9``-ed writer's temp names carry)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

@@ -90,3 +90,27 @@ def test_temporary_files_keep_the_suffix_and_stale_ones_are_removed(tmp_path):
     assert remove_stale_temps(tmp_path) == [tmp]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp"]
     assert files.write_problem(tmp_path / "x", RuntimeError("other")) is None
+
+
+def test_a_rerun_removes_what_a_killed_writer_of_the_same_file_left(tmp_path, dead_pid):
+    target = tmp_path / "model.pt2"
+    dead_file, dead_folder = temp_path(target, dead_pid), temp_path(tmp_path / "m.ir", dead_pid)
+    live = temp_path(target, os.getppid())  # another writer, still running: left alone
+    other = temp_path(tmp_path / "other.pt2", dead_pid)  # another file's temp: not this writer's business
+    for path in (dead_file, live, other):
+        path.write_bytes(b"partial")
+    dead_folder.mkdir()
+    (dead_folder / "model.bin").write_bytes(b"13 MB once")
+    atomic_write_text(target, "new")
+    files.remove_dead_temps(tmp_path / "m.ir")
+    assert not dead_file.exists() and not dead_folder.exists()
+    assert live.exists() and other.exists() and target.read_text() == "new"
+
+
+def test_a_long_legal_name_gets_a_legal_temporary_name(tmp_path):
+    target = tmp_path / ("é" * 60 + "x" * 120 + ".safetensors")  # 252 bytes: legal, its plain temp name is not
+    tmp = temp_path(target)
+    assert len(tmp.name.encode()) <= 255 and tmp.suffix == ".safetensors" and is_temp(tmp)
+    assert tmp != temp_path(target.with_name("y" + target.name[1:]))  # the hash keeps names apart
+    atomic_write_text(target, "ok")
+    assert target.read_text() == "ok" and leftovers(tmp_path) == []

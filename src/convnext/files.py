@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
+import hashlib
 import os
 import re
 import shutil
@@ -34,18 +36,50 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def temp_path(path: Path) -> Path:
-    """The temporary file for ``path``: hidden, beside it, unique to this process, ending in ``path``'s own
-    suffix (some writers pick the format from it): ``.last.pt.4242.tmp.pt``."""
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}{path.suffix}")
+NAME_MAX = 255  # bytes in one file name on the usual file systems
 
 
-_TEMP_NAME = re.compile(r"^\..+\.\d+\.tmp(\.[^.]*)?$")
+def temp_path(path: Path, pid: int | None = None) -> Path:
+    """The temporary file for ``path``: hidden, beside it, named by the writing process, ending in ``path``'s own
+    suffix (some writers pick the format from it): ``.last.pt.4242.tmp.pt``. A name too long for that keeps its
+    start and a hash of the whole (a 250-character name is legal, its temp name must be too)."""
+    pid = os.getpid() if pid is None else pid
+    tail = f".{pid}{TEMP_SUFFIX}{path.suffix}"
+    stem = path.name
+    if len(f".{stem}{tail}".encode()) > NAME_MAX:
+        digest = hashlib.sha1(stem.encode()).hexdigest()[:12]
+        keep = NAME_MAX - len(tail.encode()) - len(digest) - 3
+        stem = f"{stem.encode()[:keep].decode(errors='ignore')}~{digest}"
+    return path.with_name(f".{stem}{tail}")
+
+
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)\.tmp(\.[^.]*)?$")
 
 
 def is_temp(path: Path) -> bool:
     """Whether ``path`` is a temporary file ``atomic_write`` left (after a ``kill -9``)."""
     return bool(_TEMP_NAME.match(path.name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_dead_temps(path: Path) -> None:
+    """Remove what killed writers of ``path`` left beside it (its temp files or folders, named by a process
+    that no longer runs): a rerun cleans up after a ``kill -9``. Another live writer's temp stays."""
+    prefix = temp_path(path, 0).name.split(".0" + TEMP_SUFFIX)[0] + "."
+    for entry in path.parent.glob(glob.escape(prefix) + "*") if path.parent.is_dir() else ():
+        match = _TEMP_NAME.match(entry.name)
+        if match and temp_path(path, int(match.group(1))).name == entry.name and not _alive(int(match.group(1))):
+            with contextlib.suppress(OSError):
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _umask() -> int:
@@ -66,6 +100,8 @@ def write_problem(path: Path, err: BaseException, free: int | None = None) -> Us
     """The one-line error for a failed write, or None when the failure is not about the disk or the folder."""
     folder = path.parent
     code = getattr(err, "errno", None)
+    if code is None and free is None:  # a library's own error (RuntimeError): judge by the space left
+        free = _free(folder)
     if code in _DISK_FULL or (code is None and free is not None and free < _NEARLY_FULL):
         return UserError(f"cannot write {path}: the disk holding {folder} is full ({free_text(folder)}); "
                          "free some space and rerun the same command")
@@ -101,6 +137,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a folder; name a file")
     make_folder(path.parent)
+    remove_dead_temps(path)
     tmp = temp_path(path)
     try:
         yield tmp

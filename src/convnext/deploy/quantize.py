@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -29,7 +30,7 @@ from torch import nn
 
 from ..data.images import eval_transform, load_image
 from ..errors import UserError
-from ..files import atomic_path, make_folder
+from ..files import atomic_path, make_folder, remove_dead_temps, temp_path, write_problem
 from ..tasks.classification.predict import find_images
 from ..weights.int8 import _RT_KEY, BACKENDS, SUFFIX, QuantizedModel, load_quantized, require_backend
 
@@ -104,12 +105,23 @@ def save_quantized(model: QuantizedModel, path: str | os.PathLike) -> Path:
     if path.suffix != SUFFIX:
         raise UserError(f"an OpenVINO INT8 model is written as FILE{SUFFIX} (+ FILE.bin), got {path}")
     make_folder(path.parent)
-    with tempfile.TemporaryDirectory(prefix=f".{path.stem}-", dir=path.parent) as tmp:
-        openvino.save_model(model.ov_model, Path(tmp) / "model.xml", compress_to_fp16=False)
+    staging = path.with_name(f"{path.stem}.ir")  # a folder named by this process: a rerun removes a killed one's
+    remove_dead_temps(staging)
+    tmp = temp_path(staging)
+    try:
+        tmp.mkdir()
+        openvino.save_model(model.ov_model, tmp / "model.xml", compress_to_fp16=False)
         with atomic_path(path.with_suffix(".bin")) as bin_tmp:
-            os.replace(Path(tmp) / "model.bin", bin_tmp)
+            os.replace(tmp / "model.bin", bin_tmp)
         with atomic_path(path) as xml_tmp:
-            os.replace(Path(tmp) / "model.xml", xml_tmp)
+            os.replace(tmp / "model.xml", xml_tmp)
+    except (OSError, RuntimeError) as err:  # OpenVINO's writer raises RuntimeError for a full disk
+        problem = write_problem(path, err)
+        if problem is None:
+            raise
+        raise problem from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -56,9 +56,13 @@ class RunLock:
                 raise UserError(f"cannot lock {self.folder}: {err}") from None
             raise UserError(f"{self.folder} is in use by another run (process {holder}); wait for it to end, "
                             "or give this run another --output") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as err:  # a full disk before the run begins: nothing written yet, one line
+            self.release()
+            raise write_problem(self.path, err) or UserError(f"cannot use {self.folder}: {err}") from None
         return self
 
     def release(self) -> None:
