@@ -215,3 +215,38 @@ def test_bf16_exports_take_bf16_images_and_match_float32(model, tmp_path, fmt):
         assert loaded(batch(2).bfloat16()).dtype == torch.bfloat16
     with pytest.raises(UserError, match="--dtype bf16 is for torchscript, pt2"):
         export.export_model(model, tmp_path / "m.onnx", "onnx", dtype="bf16")
+
+
+def test_damaged_metadata_in_an_export_is_one_line(model, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    path = export.export_safetensors(model, tmp_path / "w.safetensors")
+    metadata = read_metadata(path) | {"pretrained_cfg": "{not json"}
+    save_file(load_file(path), tmp_path / "edited.safetensors", metadata=metadata)
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(tmp_path / "photo.png")
+    assert main(["predict", str(tmp_path / "photo.png"), "--model", "convnext_atto", "--checkpoint",
+                 str(tmp_path / "edited.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "its metadata entry 'pretrained_cfg' is not valid JSON" in err and err.count("\n") == 1
+
+
+def test_torchscript_files_load_and_run_where_this_package_is_not(model, tmp_path):
+    """A fused TorchScript file holds plain ATen ops only: a bare ``torch.jit.load`` (libtorch's too) in a
+    process that never imported convnext runs it."""
+    import subprocess
+    import sys
+
+    paths = [export.export_torchscript(model.fuse_for_inference(), tmp_path / "traced.ts"),
+             export.export_torchscript(model.fuse_for_inference(), tmp_path / "scripted.ts", script=True),
+             export.export_torchscript(model.fuse_for_inference(torch.bfloat16), tmp_path / "bf16.ts")]
+    code = ("import sys, torch\n"
+            "for path, dtype in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+            "    out = torch.jit.load(path)(torch.randn(2, 3, 64, 64).to(getattr(torch, dtype)))\n"
+            "    assert out.shape == (2, 1000), out.shape\n"
+            "assert not any(m.startswith('convnext') for m in sys.modules)\n")
+    args = [str(paths[0]), "float32", str(paths[1]), "float32", str(paths[2]), "bfloat16"]
+    proc = subprocess.run([sys.executable, "-W", "ignore", "-c", code, *args], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-1500:]

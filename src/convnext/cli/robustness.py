@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 0:
         raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {args.batch_size} and "
                         f"{args.workers}")
+    if not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be from 0 to 2**32 - 1, got {args.seed}")
     quiet = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     output, suites, subjects, baseline = _demo(args, quiet) if args.demo else _given(args)
     corruptions = _list(args.corruptions, flag="--corruptions")

@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import UserError
 from ..files import atomic_path
 from ..models.convnext import check_input, check_resolution
+from ..models.fuse import portable
 from ..models.kernels import DECOMPOSITIONS
 from ..models.layers import as_plain_convs
 from ..protocol import FromRun, Preprocessed, model_name
@@ -188,7 +189,8 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, res: int | 
                        script: bool = False) -> Path:
     """A TorchScript archive, traced (default) or scripted, with :func:`export_metadata` as
     ``convnext.json``. PyTorch has deprecated TorchScript; prefer ONNX or ``torch.export`` (pt2)."""
-    model = as_plain_convs(copy.deepcopy(model).eval())  # the caller's model keeps its own layers
+    # plain layers and ATen ops only (the caller's model keeps its own): the file loads without this package
+    model = portable(as_plain_convs(copy.deepcopy(model).eval()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the user asked for TorchScript by name
         if script:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .block import Block
+from .kernels import pointwise_mlp_reference
 from .layers import LayerNorm2d
 
 
@@ -41,10 +42,16 @@ def _plain_conv(conv: nn.Conv2d) -> nn.Conv2d:
 
 class FusedBlock(nn.Module):
     """A `Block` for inference: ``W (a * x_hat + c) + b = (W a) x_hat + (W c + b)`` for the LayerNorm affine
-    ``a, c`` and ``gamma (W y + b) = (gamma W) y + gamma b`` for the layer scale; no drop path."""
+    ``a, c`` and ``gamma (W y + b) = (gamma W) y + gamma b`` for the layer scale; no drop path.
+
+    ``portable`` (set by `portable`) runs the MLP as plain ATen ops, for TorchScript files that must load
+    where this package is not installed (libtorch, a bare ``torch.jit.load``)."""
+
+    __constants__ = ["portable"]  # TorchScript compiles only the branch the flag takes
 
     def __init__(self, block: Block):
         super().__init__()
+        self.portable = False
         norm, linear = block.norm, block.pwconv1
         self.dwconv = _plain_conv(block.dwconv)
         self.norm = LayerNorm2d(norm.normalized_shape, eps=norm.eps, elementwise_affine=False)
@@ -58,8 +65,18 @@ class FusedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(self.dwconv(x))
-        return torch.ops.convnext.pointwise_mlp(y, x, self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight,
-                                                self.pwconv2.bias)
+        weights = (self.pwconv1.weight, self.pwconv1.bias, self.pwconv2.weight, self.pwconv2.bias)
+        if self.portable:  # a constant to TorchScript: the other branch is not compiled into the file
+            return pointwise_mlp_reference(y, x, *weights)
+        return torch.ops.convnext.pointwise_mlp(y, x, *weights)
+
+
+def portable(model: nn.Module) -> nn.Module:
+    """``model`` with every `FusedBlock` set, in place, to plain ATen ops (see `FusedBlock`)."""
+    for module in model.modules():
+        if isinstance(module, FusedBlock):
+            module.portable = True
+    return model
 
 
 def fuse(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:

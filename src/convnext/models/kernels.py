@@ -89,8 +89,9 @@ MLP_SLICE_BYTES = 16 * 2**20
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _pointwise_mlp_reference(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | None, weight2: Tensor,
-                             bias2: Tensor | None) -> Tensor:
+def pointwise_mlp_reference(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | None, weight2: Tensor,
+                            bias2: Tensor | None) -> Tensor:
+    """``convnext::pointwise_mlp`` in plain ATen ops: what graph formats get, so they load without us."""
     return shortcut + F.conv2d(F.gelu(F.conv2d(x, weight1, bias1)), weight2, bias2)
 
 
@@ -115,7 +116,7 @@ def pointwise_mlp(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | 
     images at a time (``MLP_SLICE_BYTES`` of hidden activations per slice).
     """
     if not _runs_on_onednn(x, shortcut, weight1):
-        return _pointwise_mlp_reference(x, shortcut, weight1, bias1, weight2, bias2).contiguous(
+        return pointwise_mlp_reference(x, shortcut, weight1, bias1, weight2, bias2).contiguous(
             memory_format=_memory_format(shortcut))
     out = shortcut.clone(memory_format=torch.channels_last)
     hidden_bytes = x.shape[2] * x.shape[3] * weight1.shape[0] * x.element_size()
@@ -157,4 +158,4 @@ def _(x_shape, shortcut_shape, weight1_shape, bias1_shape, weight2_shape, *args,
 
 
 # Plain-ATen decompositions, for ``ExportedProgram.run_decompositions``.
-DECOMPOSITIONS = {torch.ops.convnext.pointwise_mlp.default: _pointwise_mlp_reference}
+DECOMPOSITIONS = {torch.ops.convnext.pointwise_mlp.default: pointwise_mlp_reference}

@@ -8,7 +8,6 @@ regularisation-only options such as layer scale, evaluation preprocessing, class
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -16,7 +15,14 @@ from torch import nn
 
 from ..errors import UserError
 from ..models.convnext import build_model, create_model
-from ..weights import convert_state_dict, load_checkpoint, read_checkpoint_file, read_metadata, read_state_dict
+from ..weights import (
+    convert_state_dict,
+    load_checkpoint,
+    metadata_json,
+    read_checkpoint_file,
+    read_metadata,
+    read_state_dict,
+)
 from .classification.config import TrainConfig
 
 # Run checkpoints of the dense tasks, told apart by their model's name: the task, and the command that reads them
@@ -49,7 +55,7 @@ def _run_config(raw, path: Path) -> dict | None:
     if isinstance(raw.get("config"), dict):
         return raw["config"]
     if path.suffix == ".safetensors":
-        return json.loads(read_metadata(path).get("run_config", "null"))
+        return metadata_json(read_metadata(path), "run_config", path)
     return None
 
 
@@ -100,7 +106,7 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
     load_checkpoint(model, state)
     metadata = read_metadata(path) if path.suffix == ".safetensors" else {}
     if "pretrained_cfg" in metadata:
-        model.pretrained_cfg = json.loads(metadata["pretrained_cfg"])
+        model.pretrained_cfg = metadata_json(metadata, "pretrained_cfg", path)
     model.model_name = model.run_config["model"] if run_config else name
     return model.eval()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import socket
@@ -490,6 +491,18 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.P
     state_dict = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
+
+
+def metadata_json(metadata: dict[str, str], key: str, path: str | os.PathLike, default=None):
+    """The JSON value stored under ``key`` in a file's string metadata (``default`` when absent), or one line
+    saying the file's metadata is damaged."""
+    if key not in metadata:
+        return default
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError:
+        raise UserError(f"{path}: its metadata entry {key!r} is not valid JSON (the file was edited or damaged); "
+                        "export it again (`convnext export --format safetensors`)") from None
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -242,6 +242,7 @@ def test_bad_input_is_one_line_and_exit_2(digits_run, tmp_path, capsys):
         (["--suite", "a", "--data", tmp_path / "imagenet_a"], "needs a model with the 1000 ImageNet-1K classes"),
         (["--suite", "c", "--corruptions", "rain"], "unknown corruption rain"),
         (["--suite", "clean", "--plot", tmp_path / "p.png"], "it needs suite c or cbar"),
+        (["--suite", "clean", "--seed", "-1"], "--seed must be from 0 to 2**32 - 1, got -1"),
     ]
     for args, message in cases:
         code, _, err = cli(["--checkpoint", digits_run, "--output", tmp_path / "out", *args], capsys)

@@ -142,3 +142,18 @@ def test_demo_scenes_have_exact_masks_from_disjoint_photo_parts(tmp_path):
     masks = [read_pair(val, i, len(CLASSES))[1] for i in range(2)]
     assert all(m.shape == (128, 128) and m.max() < len(CLASSES) for m in masks)
     assert majority_miou([np.array([[0, 0, 1]])], 6) == pytest.approx(100 * (2 / 3) / 2)
+
+
+def test_a_decompression_bomb_is_an_unreadable_image_not_a_crash(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from convnext.tasks.segmentation.data import Unreadable
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "images" / "bomb.png")
+    Image.new("L", (16, 16)).save(tmp_path / "masks" / "bomb.png")
+    source = segmentation_folder(tmp_path, "val")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)  # 256 pixels: over twice the limit, as a bomb is
+    with pytest.raises(Unreadable, match="bomb.png: cannot read .*decompression bomb"):
+        read_pair(source, 0, 3)

@@ -112,7 +112,7 @@ def read_pair(source: SegmentationSource, index: int, num_classes: int) -> tuple
         with Image.open(mask_path) as raw:
             mode = raw.mode
             mask = np.array(raw)
-    except (OSError, ValueError, SyntaxError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise Unreadable(f"{source.describe(index)}: cannot read ({err})") from None
     if mode not in MASK_MODES:
         raise UserError(f"{source.describe(index)}: its mask {mask_path.name} is a {mode} image; masks must be "

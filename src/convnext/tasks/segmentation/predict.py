@@ -78,7 +78,7 @@ def predict_folder(model: nn.Module, inputs: list[Path], out_dir: str | os.PathL
         try:
             with Image.open(path) as raw:
                 image = raw.convert("RGB")
-        except (OSError, ValueError, SyntaxError) as err:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             results.append(dict(image=str(path), error=f"cannot read ({err})"))
             continue
         probs = segment(model, to_input(image, settings.mean, settings.std).to(device), num_classes=num_classes,
