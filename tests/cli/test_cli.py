@@ -182,3 +182,13 @@ def test_predict_in_bf16_agrees_with_float32(tmp_path, capsys):
     for want, got in zip(runs["fp32"], runs["bf16"], strict=True):
         assert want.keys() == got.keys() == {0, 1, 2}
         assert max(abs(got[i] - want[i]) for i in want) < 0.02
+
+
+def test_a_usage_error_is_one_line_too(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as done:
+        main(["predict", "x.png", "--dtype", "fp64"])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("convnext predict: error: argument --dtype: invalid choice: 'fp64'") and "--help" in err

@@ -360,3 +360,24 @@ def test_weights_with_nan_or_inf_are_refused_in_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "non-finite weights" in err[0], err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_an_export_or_an_image_given_as_a_checkpoint_is_named(tmp_path):
+    from PIL import Image
+
+    from convnext.deploy.export import export_torchscript, save_program
+    from convnext.errors import UserError
+    from convnext.models import build_model
+    from convnext.weights import data_config, read_checkpoint_file
+
+    model = build_model("convnext_atto").eval()
+    model.pretrained_cfg = data_config(32)
+    files = {"a TorchScript file": export_torchscript(model, tmp_path / "m.ts", res=32),
+             "a torch.export program": save_program(model, tmp_path / "m.pt2", res=32),
+             "a JPEG image": tmp_path / "photo.jpg"}
+    Image.new("RGB", (8, 8)).save(files["a JPEG image"])
+    for what, path in files.items():
+        with pytest.raises(UserError, match=f"is {what}.*not a checkpoint: --checkpoint reads weights"):
+            read_checkpoint_file(path)
+    torch.save({"model": model.state_dict()}, tmp_path / "ok.pt")
+    assert "model" in read_checkpoint_file(tmp_path / "ok.pt")  # a torch.save archive is not mistaken

@@ -10,8 +10,15 @@ from . import classify, deploy, detect, models, robustness, segment
 from .common import commands, run, tolerant_output
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (the command's usage is one ``--help`` away), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convnext", description="ConvNeXt models: build, train, evaluate, "
+    parser = Parser(prog="convnext", description="ConvNeXt models: build, train, evaluate, "
                                      "benchmark and export (A ConvNet for the 2020s).")
     sub = commands(parser, dest="command", metavar="COMMAND")
     for add in (models.add_models, models.add_info, classify.add_demo, classify.add_train, classify.add_evaluate,

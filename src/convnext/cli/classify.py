@@ -32,12 +32,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "reads; a head with another class count starts fresh)")
     add_settings(p, "other settings of convnext.tasks.classification.config.TrainConfig, e.g. --set "
                  "layer_decay=0.8 ema=false (several after one --set; --set may repeat)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="epochs to train (default: the recipe's; may grow on resume)")
     p.add_argument("--batch-size", type=int, help="images per device per step")
-    p.add_argument("--lr", type=float, help="peak learning rate at the recipe's reference batch (lr_batch); "
-                   "scaled linearly to the effective batch")
+    p.add_argument("--lr", type=float, help="peak learning rate at the recipe's reference batch (lr_batch), "
+                   "scaled to the effective batch by lr_scaling (linear in the paper's recipes; a run fitted "
+                   "to a small data set may use it as given: the run prints which)")
     p.add_argument("--res", type=int, help="training and evaluation resolution")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the initial weights, data order and augmentation")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     add_device(p, "auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--amp", action="store_true", default=None, help="mixed precision: bf16, or fp16 with loss "

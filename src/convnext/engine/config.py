@@ -277,28 +277,38 @@ def apply_fits(config: RunConfig, fits: Iterable[Fit] | Callable[[], Iterable[Fi
     if not config.fit_to_run:
         return []
     notes = []
+    kept = getattr(config, "_kept", frozenset())  # a resumed run's own values (`keep_run_settings`)
     for key, value, why in (fits() if callable(fits) else fits):
-        if key in config.given or getattr(config, key) == value:
+        if key in config.given or key in kept or getattr(config, key) == value:
             continue
         notes.append(f"{key} {getattr(config, key)!r} -> {value!r}: {why}")
         setattr(config, key, value)
     return notes
 
 
-def keep_predated_settings(saved: Mapping, config: RunConfig) -> list[str]:
-    """On resume, a setting the stored run predates takes the value the run had in effect (the field's default)
-    unless the user gives it, so that a recipe gaining a setting (e.g. a new augmentation) still resumes the
-    runs it started before. Changes ``config``; one line per setting so kept. (Defaults of None are filled
-    from other settings by `RunConfig.complete`: those are compared as they are, by `config_changes`.)"""
-    fresh = type(config)()
-    notes = []
+def keep_run_settings(saved: Mapping, config: RunConfig) -> list[str]:
+    """On resume, every setting the user does not give now takes the value the stored run had in effect: its
+    stored value (a recipe value fitted to the run, e.g. a warm-up derived from the epoch count, stays as the
+    run started when ``--epochs`` changes), or the field's default for a setting the run predates (so a recipe
+    gaining a setting still resumes the runs it started before). Fitting (`apply_fits`) then leaves those
+    alone. Changes ``config``; one line per setting so kept. Settings free on resume are not touched."""
+    stored, fresh = type(config).from_dict(saved), type(config)()
+    kept, notes = set(), []
     for item in dataclasses.fields(config):
-        key, default = item.name, getattr(fresh, item.name)
-        if key in saved or key in config.given or key in config.FREE_ON_RESUME or default is None:
+        key = item.name
+        if key in config.given or key in config.FREE_ON_RESUME:
             continue
-        if getattr(config, key) != default:
-            notes.append(f"{key}={json.dumps(default)}: kept as when this run started (it predates the setting)")
-            setattr(config, key, default)
+        if key in saved:
+            value, why = getattr(stored, key), "as this run started"
+        elif getattr(fresh, key) is not None:
+            value, why = getattr(fresh, key), "as when this run started (it predates the setting)"
+        else:  # a default filled from other settings (`RunConfig.complete`): compared by `config_changes`
+            continue
+        kept.add(key)
+        if getattr(config, key) != value:
+            notes.append(f"{key}={json.dumps(value)}: kept {why}")
+            setattr(config, key, value)
+    object.__setattr__(config, "_kept", frozenset(kept))  # not a setting: never stored
     return notes
 
 

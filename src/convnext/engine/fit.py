@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..errors import UserError
 from .checkpoints import CheckpointManager, check_resumable
-from .config import keep_predated_settings
+from .config import keep_run_settings
 from .loop import Trainer, train_period
 from .optim import build_optimizer
 from .records import RunLog
@@ -66,7 +66,7 @@ def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: 
     cap_workers(config, say)
     saved = folder.resume_state() if resume else None
     if saved is not None:
-        for note in keep_predated_settings(saved["config"], config):
+        for note in keep_run_settings(saved["config"], config):
             say(f"resume: {note}")
     schedule = task.prepare(rt, say)
     if saved is not None:

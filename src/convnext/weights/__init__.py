@@ -14,6 +14,7 @@ import re
 import socket
 import urllib.error
 import warnings
+import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,6 +300,9 @@ def read_checkpoint_file(path: Path) -> Mapping:
         raise UserError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
         raise UserError(f"cannot read checkpoint {path}: the file is empty (0 bytes)")
+    if path.suffix != ".safetensors" and (what := _not_weights(path)):
+        raise UserError(f"{path} is {what}, not a checkpoint: --checkpoint reads weights (.pt/.pth from training "
+                        "or a release, .safetensors)")
     try:
         if path.suffix == ".safetensors":
             return load_file(path)
@@ -312,6 +316,29 @@ def read_checkpoint_file(path: Path) -> Mapping:
     if not isinstance(data, Mapping):
         raise UserError(f"cannot read checkpoint {path}: it holds a {type(data).__name__}, not named tensors")
     return data
+
+
+def _not_weights(path: Path) -> str | None:
+    """What a file given as a checkpoint is instead, when its first bytes or archive records say so: an
+    export of ours (TorchScript, ``torch.export``, ONNX) or an image."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        inside = [name.split("/", 1)[-1] for name in names]  # below the archive's own folder
+        if any(name.startswith("models/") for name in inside):
+            return "a torch.export program (.pt2; load it with torch.export.load)"
+        if any(name.startswith("code/") for name in inside):
+            return "a TorchScript file (load it with torch.jit.load)"
+        return None
+    images = {b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF8": "GIF", b"BM": "BMP", b"RIFF": "WebP"}
+    for magic, kind in images.items():
+        if head.startswith(magic):
+            return f"a {kind} image"
+    if path.suffix == ".onnx":
+        return "an ONNX graph (run it with ONNX Runtime or OpenVINO)"
+    return None
 
 
 def first_line(err: BaseException) -> str:

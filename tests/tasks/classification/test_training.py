@@ -277,6 +277,21 @@ def test_a_resume_continues_the_same_run_or_refuses(tmp_path):
     assert torch.load(run / "last.pt", weights_only=True)["config"]["lr"] == 0.002
 
 
+def test_more_epochs_resume_a_fitted_run_with_the_values_it_was_fitted_to(tmp_path):
+    """Issue 21: the warm-up a short run was fitted to is derived from its epochs; a resume with more epochs
+    keeps it (the run goes on as it started) instead of refusing a value the user never set."""
+    data = make_folder(tmp_path / "data", per_class=4)
+    first = config(tmp_path, "epochs=1", "batch_size=8", "fit_to_run=true", data=str(data))
+    train(first, log=lambda text: None)
+    fitted = first.warmup_epochs
+    logs = []
+    more = config(tmp_path, "epochs=2", "batch_size=8", "fit_to_run=true", data=str(data))
+    train(more, log=logs.append)
+    assert fitted < 1 and more.warmup_epochs == fitted and any("resuming" in line for line in logs)
+    assert any(f"warmup_epochs={fitted}: kept as this run started" in line for line in logs), logs
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
+
+
 @pytest.mark.parametrize("content,message", [
     (b"", r"the file is empty \(0 bytes\); it may be damaged: --restart"),
     (b"PK\x03\x04 torn", "it may be damaged: --restart"),

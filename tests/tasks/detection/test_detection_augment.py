@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from convnext.engine.checkpoints import check_resumable
-from convnext.engine.config import config_changes, keep_predated_settings
+from convnext.engine.config import config_changes, keep_run_settings
 from convnext.errors import UserError
 from convnext.models import build_model
 from convnext.tasks.detection.config import MULTI_SCALE, resolve_detect_config
@@ -137,12 +137,12 @@ def test_a_coco_3x_run_of_an_earlier_version_resumes_as_it_started(tmp_path):
     del saved["augment"]  # what a run of an earlier version stored
     assert config_changes(saved, resolve_detect_config("coco_3x")) == ["augment 'multiscale' -> 'detr'"]
     rerun = resolve_detect_config("coco_3x")  # the same command again: the run goes on as it started
-    assert keep_predated_settings(saved, rerun) == [
+    assert keep_run_settings(saved, rerun) == [
         'augment="multiscale": kept as when this run started (it predates the setting)']
     assert rerun.augment == "multiscale" and config_changes(saved, rerun) == []
     check_resumable(dict(config=saved, classes=["a"]), tmp_path / "last.pt", rerun, ["a"])
     asked = resolve_detect_config("coco_3x", ["augment=detr"])  # given by the user: a change, refused in one line
-    assert keep_predated_settings(saved, asked) == [] and asked.augment == "detr"
+    assert keep_run_settings(saved, asked) == [] and asked.augment == "detr"
     with pytest.raises(UserError, match=r"augment 'multiscale' -> 'detr'.*rerun with the settings") as err:
         check_resumable(dict(config=saved, classes=["a"]), tmp_path / "last.pt", asked, ["a"])
     assert "\n" not in str(err.value)
