@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import UserError
 from .common import Commands, add_device, add_output, add_settings, add_weights, parse_device
 
 DEMO_TARGET = 97.0
@@ -75,7 +76,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
                    "default: the held-out built-in digits)")
     p.add_argument("--ema", action="store_true", help="score the checkpoint's EMA weights")
     p.add_argument("--res", type=int, help="resolution (default: the training run's, else 224)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -157,6 +158,8 @@ def _predict(args: argparse.Namespace) -> int:
     from ..tasks.classification.predict import class_labels, find_images
     from ..tasks.loading import load_model
 
+    if args.topk < 1 or args.batch_size < 1:
+        raise UserError(f"--topk and --batch-size must be at least 1, got {args.topk} and {args.batch_size}")
     files = find_images(args.inputs)
     device = parse_device(args.device)
     import torch
@@ -174,7 +177,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.json:
         preprocessing = {k: v for k, v in cfg.items() if k != "label_names"}
         print(json.dumps(dict(model=model.model_name, weights=str(weights), num_classes=model.num_classes,
-                              preprocessing=preprocessing, results=results, errors=errors), indent=2))
+                              device=str(device), dtype=args.dtype, preprocessing=preprocessing, results=results,
+                              errors=errors), indent=2))
     if errors:
         print(f"convnext predict: {len(errors)} of {len(files)} files could not be read", file=sys.stderr)
         return 1

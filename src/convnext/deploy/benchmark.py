@@ -429,11 +429,11 @@ def run_benchmark(
     """
     device = _check_settings(res, rounds, warmup, dtype, train, device, compile_mode, peers)
     say = progress or (lambda message: None)
+    low_precision = None if dtype in ("fp32", "int8") else "autocast" if train else "weights cast"
     report = dict(machine=machine_info(device), settings=dict(
         res=res, dtype=dtype, mode="train" if train else "inference", channels_last=channels_last,
         compile=compile_mode, rounds=rounds, warmup=warmup, batches=list(batches), clock=clock.__name__,
-        low_precision=None if dtype in ("fp32", "int8") else "autocast" if train else "weights cast"),
-        results=[], skipped={})
+        low_precision=low_precision), results=[], skipped={})
     for name in models:
         info = model_info(_meta(name), res)
         flops_per_image = 2 * info["gmacs"] * 1e9 * (3 if train else 1)
@@ -449,9 +449,8 @@ def run_benchmark(
             x = torch.randn(batch, 3, res, res, generator=torch.Generator().manual_seed(0)).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            cast = report["settings"]["low_precision"] == "weights cast"
-            steps = {impl: _make_step(m, x, train=train, dtype=DTYPES[dtype],
-                                      cast=cast and impl not in RUNTIME_BUILDERS) for impl, m in contenders.items()}
+            steps = {impl: _make_step(m, x, train=train, dtype=DTYPES[dtype], cast=low_precision == "weights cast"
+                                      and impl not in RUNTIME_BUILDERS) for impl, m in contenders.items()}
             speeds = _interleaved_rounds(steps, f"{name} batch {batch}", batch, rounds, warmup, device, clock, say)
             for impl, step in steps.items():
                 row = dict(model=name, batch=batch, impl=impl, img_s=_spread(speeds[impl]),

@@ -193,6 +193,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, res: int | 
     model = portable(as_plain_convs(copy.deepcopy(model).eval()))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the user asked for TorchScript by name
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 words the same deprecation so
         if script:
             try:
                 module = torch.jit.script(model)
@@ -228,6 +229,7 @@ def load_torchscript(path: str | os.PathLike, device: torch.device | str = "cpu"
     """``torch.jit.load`` without PyTorch's TorchScript deprecation warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         return torch.jit.load(str(path), map_location=device)
 
 

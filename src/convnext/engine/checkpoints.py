@@ -8,6 +8,7 @@ best), ``checkpoint-<epoch>.pt`` (every ``save_every`` epochs), and the lock fil
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -40,8 +41,10 @@ class RunLock:
         self.folder = folder
         self.path = folder / LOCK_NAME
         self.fd: int | None = None
+        self.created = False  # whether acquire made the folder (release removes it if nothing was written)
 
     def acquire(self) -> RunLock:
+        self.created = not self.folder.exists()
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -66,9 +69,16 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
-            self.fd = None
+        """Drop the lock; a folder this run created and left empty (it failed before writing anything, e.g. on
+        a wrong --data) goes too, so a typo leaves no run folder behind."""
+        if self.fd is None:
+            return
+        if self.created and [p.name for p in self.folder.iterdir()] == [LOCK_NAME]:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+                self.folder.rmdir()
+        os.close(self.fd)  # closing the descriptor drops the flock
+        self.fd = None
 
 
 def save_state(state: dict, path: Path) -> None:

@@ -326,3 +326,11 @@ def test_a_single_class_is_refused(tmp_path):
     data = make_folder(tmp_path / "data", per_class=8, classes=("only",))
     with pytest.raises(UserError, match="holds one class"):
         train(config(tmp_path, data=str(data)), log=lambda text: None)
+
+
+def test_a_run_without_validation_says_where_its_model_is(tmp_path):
+    data = make_folder(tmp_path / "data", per_class=4) / "train"  # class folders only: no val/ split
+    logs = []
+    train(config(tmp_path, "epochs=1", "batch_size=8", data=str(data)), log=logs.append)
+    assert logs[-1].startswith("done: no validation set, so no best.pt; the trained model is")
+    assert (tmp_path / "run" / "last.pt").is_file() and not (tmp_path / "run" / "best.pt").exists()

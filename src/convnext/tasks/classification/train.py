@@ -153,6 +153,7 @@ class ClassificationTask(Task):
 
     def final_line(self, summary: dict, folder: Path) -> str | None:
         if summary["best_top1"] is None:
-            return None
+            return (f"done: no validation set, so no best.pt; the trained model is {folder / 'last.pt'} (give "
+                    "--data a train/ and val/ split, or --val-data, to score and keep the best epoch)")
         return f"best validation top-1 {summary['best_top1']:.2f}% (epoch {summary['best_epoch']}); run folder {folder}"
 
