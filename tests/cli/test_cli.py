@@ -192,3 +192,25 @@ def test_a_usage_error_is_one_line_too(capsys):
     err = capsys.readouterr().err
     assert done.value.code == 2 and err.count("\n") == 1
     assert err.startswith("convnext predict: error: argument --dtype: invalid choice: 'fp64'") and "--help" in err
+
+
+def test_threads_follow_the_idle_cores_unless_given(capsys):
+    import pytest
+    import torch
+
+    from convnext.cli.common import choose_threads
+    from convnext.errors import UserError
+
+    assert choose_threads(None, cores=2, load=0.1, env=None) == 2  # a quiet machine: every core
+    assert choose_threads(None, cores=2, load=1.8, env=None) == 1  # another process holds a core
+    assert choose_threads(None, cores=16, load=40.0, env=None) == 1
+    assert choose_threads(None, cores=2, load=0.1, env="1") is None  # OMP_NUM_THREADS decides
+    assert choose_threads(3, cores=2, load=5.0, env="1") == 3
+    with pytest.raises(UserError, match="--threads must be at least 1, got 0"):
+        choose_threads(0, cores=2, load=0.0, env=None)
+    before = torch.get_num_threads()
+    assert main(["info", "convnext_atto", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == before  # set for the command, restored for an in-process caller
+    capsys.readouterr()
+    assert main(["info", "convnext_atto", "--threads", "0"]) == 2
+    assert capsys.readouterr().err == "convnext info: error: --threads must be at least 1, got 0\n"

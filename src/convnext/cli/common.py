@@ -39,7 +39,11 @@ class Commands(argparse._SubParsersAction):
     def __call__(self, parser, namespace, values, option_string=None):
         fill = self._fillers.pop(values[0], None)
         if fill is not None:
-            fill(self._name_parser_map[values[0]])
+            chosen = self._name_parser_map[values[0]]
+            fill(chosen)
+            is_group = any(isinstance(action, Commands) for action in chosen._actions)
+            if not is_group and "--threads" not in chosen._option_string_actions:
+                chosen.add_argument("--threads", type=int, help=THREADS_HELP)
         super().__call__(parser, namespace, values, option_string)
 
 
@@ -96,10 +100,45 @@ def tolerant_output() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+THREADS_HELP = ("CPU threads (default: one per idle core, judged by the load average, so a busy machine is not "
+                "slowed further by threads waiting on each other; OMP_NUM_THREADS, when set, decides instead)")
+
+
+def choose_threads(given: int | None, cores: int, load: float, env: str | None) -> int | None:
+    """The CPU threads a command runs with: ``--threads`` as given; else None (leave PyTorch's) when the user
+    set OMP_NUM_THREADS; else one per core not already busy (the 1-minute load average), at least one.
+    OpenMP threads that wait on each other on cores other processes use slow a run several-fold."""
+    if given is not None:
+        if given < 1:
+            raise UserError(f"--threads must be at least 1, got {given}")
+        return given
+    if env:
+        return None
+    return max(1, min(cores, round(cores - load)))
+
+
+def _use_threads(given: int | None) -> int | None:
+    """Set PyTorch's thread count for this command; returns the count to restore afterwards (or None)."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads = choose_threads(given, cores, load, os.environ.get("OMP_NUM_THREADS"))
+    previous = torch.get_num_threads()
+    if threads is None or threads == previous:
+        return None
+    torch.set_num_threads(threads)
+    return previous
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen command: a user error is one line on stderr (exit 2), never a traceback."""
+    """Run the chosen command: a user error is one line on stderr (exit 2), never a traceback. The thread
+    count is set for the command (see `choose_threads`) and restored after it, for callers in-process."""
     warnings.simplefilter("default")
+    previous = None
     try:
+        if not getattr(args, "own_threads", False):  # `benchmark` sets its threads as its settings say
+            previous = _use_threads(getattr(args, "threads", None))
         return args.func(args)
     except UserError as err:
         print(f"convnext {args.command}: error: {err}", file=sys.stderr)
@@ -110,6 +149,11 @@ def run(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # `convnext ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if previous is not None:
+            import torch
+
+            torch.set_num_threads(previous)
 
 
 def comma_list(text: str, flag: str) -> list[str]:

@@ -96,6 +96,7 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, help="untimed steps first (default 2; with --table 12, 2 on CPU, 50 on "
                    "CUDA)")
     p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
+    p.set_defaults(own_threads=True)
     add_device(p, "default: cuda when available", choices=["cpu", "cuda"])
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="glibc malloc keeps freed memory (no page faults on big tensors) for every implementation")
