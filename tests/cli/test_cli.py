@@ -45,6 +45,9 @@ def test_train_fits_the_recipe_unless_one_is_named(monkeypatch, tmp_path):
     assert fitted.fit_to_run and fitted.recipe == "in1k" and not named.fit_to_run
     assert (fitted.ema, fitted.mixup) == (True, 0.5)  # several settings after one --set
     assert {"ema", "mixup", "epochs", "data"} <= set(fitted.given)
+    assert "fit_to_run" not in fitted.given  # the command chose it, the user did not (issue 21)
+    assert main([*common, "--set", "fit_to_run=false"]) == 0
+    assert not seen[-1].fit_to_run and "fit_to_run" in seen[-1].given
 
 def _atto_weights(folder):
     import torch

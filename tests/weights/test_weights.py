@@ -268,9 +268,15 @@ def test_pretrained_loads_from_torch_hub_cache(fake_registry):
     _, reference, torch_hub, _ = fake_registry
     (torch_hub / "checkpoints").mkdir(parents=True)
     torch.save({"model": reference.state_dict()}, torch_hub / "checkpoints" / "atto_test.pth")
-    model = create_model("convnext_atto.test").eval()
+    model = create_model("convnext_atto.test", pretrained=True).eval()
     torch.testing.assert_close(logits(model, X), logits(reference, X), rtol=0, atol=0)
     assert model.pretrained_cfg["tag"] == "test" and model.pretrained_cfg["crop_pct"] == 0.875
+    # as in timm, a tag alone selects the release's configuration, not its weights (nothing is fetched)
+    configured = create_model("convnext_atto.test").eval()
+    assert configured.pretrained_cfg["crop_pct"] == 0.875 and "tag" not in configured.pretrained_cfg
+    assert not torch.equal(configured.head.weight, reference.head.weight)
+    with pytest.raises(UserError, match="the name says tag 'test', pretrained says 'in1k'"):
+        create_model("convnext_atto.test", pretrained="in1k")
     fresh_head = create_model("convnext_atto", pretrained="test", num_classes=10)
     assert fresh_head.head.out_features == 10
 

@@ -54,10 +54,10 @@ def _train(args: argparse.Namespace) -> int:
     from ..tasks.classification.train import train
 
     recipe = args.recipe or ("finetune" if args.finetune else "in1k" if args.data else "demo")
-    fit = ["fit_to_run=true"] if args.recipe is None and recipe != "demo" else []
+    fit = {"fit_to_run": True} if args.recipe is None and recipe != "demo" else None  # chosen for, not by, the user
     # the device goes to the run's configuration as given: the runtime resolves it (auto, cuda:LOCAL_RANK)
-    config = resolve_config(recipe, fit + args.settings, model=args.model, data=args.data, val_data=args.val_data,
-                            output=args.output, finetune=args.finetune, epochs=args.epochs,
+    config = resolve_config(recipe, args.settings, command_defaults=fit, model=args.model, data=args.data,
+                            val_data=args.val_data, output=args.output, finetune=args.finetune, epochs=args.epochs,
                             batch_size=args.batch_size, lr=args.lr, res=args.res, seed=args.seed,
                             workers=args.workers, device=args.device, amp=args.amp, compile=args.compile)
     train(config, resume=not args.restart)

@@ -48,8 +48,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--workers", type=int)
     add_device(p, "auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--fit-to-run", action="store_true", help="fit the lr steps and warm-up to a run of other "
-                   "length than the recipe's (every change is printed)")
+    p.add_argument("--fit-to-run", action=argparse.BooleanOptionalAction, default=None,
+                   help="fit the lr steps and warm-up to a run of other length than the recipe's (default on; "
+                   "only settings you do not give change, and every change is printed)")
     add_settings(p, "any other setting, e.g. drop_path=0.2, layer_decay=0.9, model_args='{\"dims\": [...]}' "
                  "(several after one --set; --set may repeat)")
     p.add_argument("--restart", action="store_true", help="replace the run in the output folder")
@@ -62,10 +63,11 @@ def _train(args: argparse.Namespace) -> int:
 
     recipe = args.recipe or ("coco_3x" if args.data else "demo")
     # the device goes to the run's configuration as given: the runtime resolves it (auto, cuda:LOCAL_RANK)
-    config = resolve_detect_config(recipe, args.settings, model=args.model, data=args.data, val_data=args.val_data,
-                                   output=args.output, backbone=args.backbone, backbone_key=args.backbone_key,
-                                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                   workers=args.workers, device=args.device, fit_to_run=args.fit_to_run or None)
+    config = resolve_detect_config(recipe, args.settings, command_defaults={"fit_to_run": True}, model=args.model,
+                                   data=args.data, val_data=args.val_data, output=args.output,
+                                   backbone=args.backbone, backbone_key=args.backbone_key, epochs=args.epochs,
+                                   batch_size=args.batch_size, lr=args.lr, workers=args.workers,
+                                   device=args.device, fit_to_run=args.fit_to_run)
     summary = train_detector(config, resume=not args.restart)
     return 0 if summary["final"] is not None else 1
 

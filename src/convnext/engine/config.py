@@ -140,14 +140,16 @@ def parse_value(text: str, current=None):
 
 
 def resolve(cls: type[C], recipes: Mapping[str, Mapping], recipe: str, settings: Iterable[str] = (), *,
-            what: str = "recipe", **overrides) -> C:
-    """``cls`` defaults, then ``recipes[recipe]``, then ``"key=value"`` settings, then keyword ``overrides``
-    (None: not given); completed and checked. Every key the user set is recorded in ``given``."""
+            what: str = "recipe", command_defaults: Mapping | None = None, **overrides) -> C:
+    """``cls`` defaults, then ``recipes[recipe]``, then ``command_defaults`` (what a command chooses for the
+    user, e.g. fitting the recipe to the run: not recorded as given), then ``"key=value"`` settings, then
+    keyword ``overrides`` (None: not given); completed and checked. Every key the user set is recorded in
+    ``given``."""
     if recipe not in recipes:
         raise UserError(f"unknown {what} {recipe!r}; choose from {', '.join(recipes)}")
     names = [f.name for f in dataclasses.fields(cls) if f.name != "given"]
     defaults = cls()
-    values, named = {**recipes[recipe], "recipe": recipe}, set()
+    values, named = {**recipes[recipe], **(command_defaults or {}), "recipe": recipe}, set()
     for item in settings:
         key, sep, text = item.partition("=")
         key = key.strip().replace("-", "_")

@@ -501,19 +501,24 @@ def create_model(
 ) -> nn.Module:
     """Build a model by name, optionally with released weights or a local checkpoint of any layout.
 
-    ``pretrained`` is ``True`` (the model's default weights) or a tag such as ``"in22k_ft_in1k_384"``;
-    ``"convnext_tiny.in22k"`` is shorthand for ``pretrained="in22k"``. Without ``num_classes`` a
-    pretrained model keeps the checkpoint's classes; with another count its head starts fresh.
-    ``model.pretrained_cfg`` holds the evaluation preprocessing that goes with the weights.
+    ``pretrained`` is ``True`` (the model's default weights) or a tag such as ``"in22k_ft_in1k_384"``. As in
+    timm, a tag in the name (``"convnext_base.in22k_ft_in1k_384"``) selects that release's configuration
+    (class count, preprocessing) and, with ``pretrained=True``, its weights; alone it downloads nothing.
+    Without ``num_classes`` a released configuration keeps the checkpoint's classes; with another count the
+    head starts fresh. ``model.pretrained_cfg`` holds the evaluation preprocessing that goes with the weights.
     """
+    tag = None
     if "." in name:
-        name, pretrained = name.split(".", 1)
-    entry = get_pretrained(name, pretrained) if pretrained else None
+        name, tag = name.split(".", 1)
+        if isinstance(pretrained, str) and pretrained != tag:
+            raise UserError(f"create_model: the name says tag {tag!r}, pretrained says {pretrained!r}; give one")
+    chosen = tag or (pretrained if isinstance(pretrained, str) else None)
+    entry = get_pretrained(name, chosen or True) if (chosen or pretrained) else None
     if entry is not None:
         overrides.setdefault("num_classes", entry.num_classes)
     model = build_model(name, **overrides)
     model.pretrained_cfg = entry.data_config if entry else data_config()
-    if entry is not None:
+    if entry is not None and pretrained:
         _load_weights(model, download_weights(entry))
         model.pretrained_cfg["tag"] = entry.tag
     if checkpoint is not None:

@@ -87,6 +87,21 @@ def test_recipes_schedule_and_fitting():
         resolve_detect_config("coco_3x", epochs=6)
 
 
+def test_detect_train_fits_the_recipe_to_the_run_unless_told_not_to(monkeypatch):
+    """Issue 21: ``detect train --recipe demo --epochs 1`` failed on the recipe's own lr_steps=[12, 15]."""
+    import convnext.tasks.detection.train as training
+    from convnext.cli import main
+
+    seen = []
+    monkeypatch.setattr(training, "train_detector", lambda config, resume: seen.append(config) or {"final": {}})
+    assert main(["detect", "train", "--recipe", "demo", "--epochs", "1"]) == 0
+    config = seen[-1]
+    assert config.fit_to_run and "fit_to_run" not in config.given
+    fit_to_run(config, train_images=40)
+    assert config.lr_steps == (0.75, 0.94)  # the recipe's 12 and 15 of 16 epochs, in a 1-epoch run
+    assert main(["detect", "train", "--recipe", "demo", "--epochs", "1", "--no-fit-to-run"]) == 2
+
+
 def test_detection_accumulates_gradients_and_stops_on_a_non_finite_loss(tmp_path, monkeypatch):
     data = make_demo_set(tmp_path / "train", "train", 8, size=64, seed=2)
     settings = dict(model_args=MODEL_ARGS, data=str(data), epochs=1, lr_steps=(), warmup_iters=1, batch_size=2,

@@ -203,7 +203,8 @@ def _fits(config: TrainConfig, train_images: int, world_size: int) -> Iterator[F
             yield key, 0 if key == "randaug_n" else 0.0, why
 
 
-def resolve_config(recipe: str = "in1k", settings: list[str] | tuple[str, ...] = (),
-                   **overrides) -> TrainConfig:
-    """Defaults, then the recipe, then ``"key=value"`` settings, then keyword overrides (None: not given)."""
-    return resolve(TrainConfig, RECIPES, recipe, settings, **overrides)
+def resolve_config(recipe: str = "in1k", settings: list[str] | tuple[str, ...] = (), *,
+                   command_defaults: dict | None = None, **overrides) -> TrainConfig:
+    """Defaults, then the recipe, then ``command_defaults`` (not given), then ``"key=value"`` settings, then
+    keyword overrides (None: not given)."""
+    return resolve(TrainConfig, RECIPES, recipe, settings, command_defaults=command_defaults, **overrides)

@@ -107,17 +107,18 @@ RECIPES: dict[str, dict] = {
 WARMUP_SHARE = 0.05  # a fitted run warms up for at most this share of its steps
 
 
-def resolve_detect_config(recipe: str = "coco_3x", settings: list[str] | tuple[str, ...] = (),
-                          **overrides) -> DetectConfig:
-    """Defaults, then the recipe, then ``key=value`` settings, then keyword overrides (None: not given)."""
-    return resolve(DetectConfig, RECIPES, recipe, settings, **overrides)
+def resolve_detect_config(recipe: str = "coco_3x", settings: list[str] | tuple[str, ...] = (), *,
+                          command_defaults: dict | None = None, **overrides) -> DetectConfig:
+    """Defaults, then the recipe, then ``command_defaults`` (not given), then ``key=value`` settings, then
+    keyword overrides (None: not given)."""
+    return resolve(DetectConfig, RECIPES, recipe, settings, command_defaults=command_defaults, **overrides)
 
 
 def check_lr_steps(config: DetectConfig) -> None:
     steps = list(config.lr_steps)
     if not (all(0 < s < config.epochs for s in steps) and steps == sorted(steps)):
         raise UserError(f"setting lr_steps={json.dumps(steps)}: must be rising epochs inside the run's "
-                        f"{config.epochs} (--fit-to-run scales the recipe's)")
+                        f"{config.epochs}" + ("" if config.fit_to_run else " (--fit-to-run scales the recipe's)"))
 
 
 def fit_to_run(config: DetectConfig, train_images: int, world_size: int = 1) -> list[str]:
