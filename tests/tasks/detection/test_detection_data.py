@@ -93,6 +93,33 @@ def test_a_broken_json_is_one_line(tmp_path, text, message):
         CocoData(tmp_path, train=True)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["images"].append(dict(d["images"][0])), r"1 images id\(s\) listed more than once, e.g. id 1"),
+    (lambda d: d["categories"].append(dict(d["categories"][0], name="twin")), "categories id.* more than once"),
+    (lambda d: d["images"][1].update(width="64"), r"images\[1\] width '64' is not a whole number of pixels"),
+    (lambda d: [a.update(category_id=[1]) for a in d["annotations"]],
+     r"annotations\[0\] category_id \[1\] is not an integer \(and \d+ more annotations like it\)"),
+])
+def test_a_malformed_coco_json_is_one_line_naming_the_first_problem(coco_set, tmp_path, edit, message):
+    """Issue 21: repeated ids gave one image's annotations to another (or lost a class), wrong types crashed."""
+    with pytest.raises(UserError, match=message):
+        CocoData(_edited(coco_set, tmp_path, edit), train=True)
+
+
+def test_bad_single_annotations_are_dropped_and_counted(coco_set, tmp_path):
+    def edit(data):
+        data["annotations"] += [_annotation(1, [float("nan"), 1, 9, 9], ann_id=1001),
+                                _annotation(1, [1, 1, 9, 9], ann_id=1002, segmentation={"size": [32, 32],
+                                                                                        "counts": "abc"}),
+                                _annotation(1, [1, 1, 9, 9], ann_id=1003, segmentation="a polygon?")]
+
+    data = CocoData(_edited(coco_set, tmp_path, edit), train=True)
+    lines = " | ".join(data.notes())
+    assert "1 boxes of no area (or no box, or not finite numbers)" in lines
+    assert "2 masks neither polygons nor an RLE of their image's size" in lines
+    assert {a["id"] for a in data.coco.dataset["annotations"]}.isdisjoint({1001, 1002, 1003})
+
+
 def test_the_cli_says_one_line_for_a_broken_json(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "instances_x.json").write_text("{oops")

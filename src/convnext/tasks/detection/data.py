@@ -11,9 +11,11 @@ images whose files are missing are left out. A json that cannot be read, or lack
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -43,13 +45,14 @@ class Cleaning:
     unknown_image: int = 0
     missing_files: list[str] = field(default_factory=list)
     no_segmentation: int = 0
+    bad_mask: int = 0
 
     def lines(self) -> list[str]:
         out = []
         if self.clipped:
             out.append(f"{self.clipped} boxes reached outside their image: clipped to it")
         if self.zero_area:
-            out.append(f"{self.zero_area} boxes of no area (or no box at all): dropped")
+            out.append(f"{self.zero_area} boxes of no area (or no box, or not finite numbers): dropped")
         if self.unknown_category:
             ids = ", ".join(f"{k} ({v}x)" for k, v in sorted(self.unknown_category.items())[:6])
             out.append(f"{sum(self.unknown_category.values())} annotations of categories the json does not "
@@ -59,6 +62,9 @@ class Cleaning:
         if self.missing_files:
             shown = ", ".join(self.missing_files[:3]) + (", ..." if len(self.missing_files) > 3 else "")
             out.append(f"{len(self.missing_files)} image files missing: left out ({shown})")
+        if self.bad_mask:
+            out.append(f"{self.bad_mask} masks neither polygons nor an RLE of their image's size: dropped with "
+                       "their annotation")
         if self.no_segmentation:
             out.append(f"{self.no_segmentation} annotations without a segmentation: their box is their mask")
         return out
@@ -97,19 +103,52 @@ def read_json(path: Path) -> dict:
     if not isinstance(data.get("categories"), list) or not data["categories"]:
         raise UserError(f"{path} lists no 'categories'")
     data.setdefault("annotations", [])
-    for kind, keys in (("images", ("id", "file_name", "width", "height")), ("categories", ("id", "name")),
-                       ("annotations", ("id", "image_id", "category_id"))):
-        for i, item in enumerate(data[kind]):
-            lacking = [k for k in keys if not isinstance(item, dict) or k not in item]
-            if lacking:
-                raise UserError(f"{path}: {kind}[{i}] has no {', '.join(lacking)}")
+    if not isinstance(data["annotations"], list):
+        raise UserError(f"{path}: 'annotations' is not a list")
+    for kind, fields in FIELDS.items():
+        _check_fields(path, kind, data[kind], fields)
+    for kind in ("images", "categories"):  # a repeated id would give one's annotations to the other
+        ids = [item["id"] for item in data[kind]]
+        repeated = [i for i, n in collections.Counter(ids).items() if n > 1]
+        if repeated:
+            raise UserError(f"{path}: {len(repeated)} {kind} id(s) listed more than once, e.g. id {repeated[0]}; "
+                            "each must be unique")
     return data
+
+
+# The fields read from each list of a COCO json, and what each must be.
+_ID = (int, "an integer")
+FIELDS = {
+    "images": {"id": _ID, "file_name": (str, "a file name"), "width": (int, "a whole number of pixels"),
+               "height": (int, "a whole number of pixels")},
+    "categories": {"id": _ID, "name": (str, "a name")},
+    "annotations": {"id": _ID, "image_id": _ID, "category_id": _ID},
+}
+
+
+def _check_fields(path: Path, kind: str, items: list, fields: dict) -> None:
+    """One line for the first item of ``kind`` that lacks a field or holds one of the wrong type, with the
+    count of such items."""
+    problems = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            problems.append(f"{kind}[{i}] is not an object")
+            continue
+        lacking = [k for k in fields if k not in item]
+        wrong = [f"{k} {item[k]!r} is not {what}" for k, (kind_of, what) in fields.items()
+                 if k in item and (not isinstance(item[k], kind_of) or isinstance(item[k], bool))]
+        if lacking or wrong:
+            problems.append(f"{kind}[{i}] " + "; ".join(([f"has no {', '.join(lacking)}"] if lacking else []) + wrong))
+    if problems:
+        more = f" (and {len(problems) - 1} more {kind} like it)" if len(problems) > 1 else ""
+        raise UserError(f"{path}: {problems[0]}{more}")
 
 
 def _clip_box(ann: dict, width: int, height: int, report: Cleaning) -> list[float] | None:
     """The annotation's ``[x, y, w, h]`` clipped to the image, or None when nothing of it is left."""
     box = ann.get("bbox")
-    if not (isinstance(box, list | tuple) and len(box) == 4 and all(isinstance(v, int | float) for v in box)):
+    if not (isinstance(box, list | tuple) and len(box) == 4
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in box)):
         return None
     x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
     cx0, cy0 = min(max(x0, 0), width), min(max(y0, 0), height)
@@ -133,30 +172,40 @@ def clean(data: dict, images_dir: Path) -> tuple[dict, Cleaning]:
     sizes = {img["id"]: (img["width"], img["height"]) for img in images}
     listed = {img["id"] for img in data["images"]}
     categories = {c["id"] for c in data["categories"]}
-    annotations = []
-    for ann in data["annotations"]:
-        if ann["category_id"] not in categories:
-            report.unknown_category[ann["category_id"]] = report.unknown_category.get(ann["category_id"], 0) + 1
-            continue
-        if ann["image_id"] not in listed:
-            report.unknown_image += 1
-            continue
-        if ann["image_id"] not in sizes:  # its image file is missing: reported with the image
-            continue
-        box = _clip_box(ann, *sizes[ann["image_id"]], report)
-        if box is None:
-            report.zero_area += 1
-            continue
-        ann = {**ann, "bbox": box, "iscrowd": int(ann.get("iscrowd", 0))}
-        if not ann.get("segmentation"):
-            report.no_segmentation += 1
-            x, y, w, h = box
-            ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
-        ann.setdefault("area", box[2] * box[3])
-        annotations.append(ann)
+    annotations = [usable for ann in data["annotations"]
+                   if (usable := _usable(ann, sizes, listed, categories, report)) is not None]
     if not images:
         raise UserError(f"none of the {len(data['images'])} images the json lists is in {images_dir}")
     return {**data, "images": images, "annotations": annotations}, report
+
+
+def _usable(ann: dict, sizes: dict, listed: set, categories: set, report: Cleaning) -> dict | None:
+    """The annotation ready to train on (box clipped, crowd flag and area filled in), or None, counted in
+    ``report`` by why it was dropped."""
+    if ann["category_id"] not in categories:
+        report.unknown_category[ann["category_id"]] = report.unknown_category.get(ann["category_id"], 0) + 1
+        return None
+    if ann["image_id"] not in listed:
+        report.unknown_image += 1
+        return None
+    if ann["image_id"] not in sizes:  # its image file is missing: reported with the image
+        return None
+    width, height = sizes[ann["image_id"]]
+    box = _clip_box(ann, width, height, report)
+    if box is None:
+        report.zero_area += 1
+        return None
+    mask = ann.get("segmentation")
+    if (mask and not isinstance(mask, list | dict)) or (isinstance(mask, dict) and mask.get("size") != [height, width]):
+        report.bad_mask += 1
+        return None
+    ann = {**ann, "bbox": box, "iscrowd": int(ann.get("iscrowd", 0) or 0)}
+    if not ann.get("segmentation"):
+        report.no_segmentation += 1
+        x, y, w, h = box
+        ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    ann.setdefault("area", box[2] * box[3])
+    return ann
 
 
 def coco_api(data: dict):
