@@ -14,3 +14,32 @@ def test_augmented_grid_is_written(tmp_path):
     targets = torch.eye(3)[[0, 1, 2, 0]]
     plot_augmented(images, targets, ["a", "b", "c"], (0.5,) * 3, (0.25,) * 3, tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_curves_show_the_lr_and_mark_the_best_epoch(tmp_path, monkeypatch):
+    from convnext import plots
+
+    history = [dict(epoch=e, train_loss=2.0 / e, val_loss=2.1 / e, val_top1=top1, val_top5=100.0, lr=1e-3 / e)
+               for e, top1 in ((1, 40.0), (2, 70.0), (3, 65.0))]
+    drawn = {}
+    real = plots.pyplot
+
+    def spying_pyplot():
+        plt = real()
+        subplots = plt.subplots
+
+        def keep(*args, **kwargs):
+            fig, axes = subplots(*args, **kwargs)
+            drawn["axes"] = axes
+            return fig, axes
+
+        monkeypatch.setattr(plt, "subplots", keep)
+        return plt
+
+    monkeypatch.setattr(plots, "pyplot", spying_pyplot)
+    plots.plot_curves(history, tmp_path / "curves.png", num_classes=3)
+    loss, accuracy, lr = drawn["axes"]
+    assert lr.get_title().startswith("learning rate") and (tmp_path / "curves.png").stat().st_size > 0
+    labels = [line.get_label() for line in accuracy.lines]
+    assert "top-5" not in labels  # 3 classes: top-5 is always 100%
+    assert "best (epoch 2)" in labels and accuracy.get_legend() is not None

@@ -21,15 +21,28 @@ def pyplot():
 Panel = tuple[str, str, Sequence[tuple[str, str]]]  # title, y label, (history key, legend label) pairs
 
 
-def plot_panels(history: list[dict], x_key: str, x_label: str, panels: Sequence[Panel], path: Path) -> None:
-    """One line per history key that has values, in side-by-side panels, as a PNG: every task's curves."""
+def plot_panels(history: list[dict], x_key: str, x_label: str, panels: Sequence[Panel], path: Path, *,
+                best: str | None = None) -> None:
+    """One line per history key that has values, in side-by-side panels, and the learning rate in a last
+    panel when the rows carry it, as a PNG: every task's curves. ``best`` (a history key) marks the row where
+    it peaked: a dotted line across every panel and a star on its own curve."""
     plt = pyplot()
     xs = [row[x_key] for row in history]
+    panels = list(panels)
+    if any(row.get("lr") is not None for row in history):
+        panels.append(("learning rate (end of each period)", "lr", [("lr", "lr")]))
+    scored = [(row[best], row[x_key]) for row in history if best and row.get(best) is not None]
+    best_x = max(scored)[1] if scored else None
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
-    for ax, (title, y_label, series) in zip(axes, panels, strict=True):
+    for ax, (title, y_label, series) in zip(np.atleast_1d(axes), panels, strict=True):
         for key, label in series:
             if any(row.get(key) is not None for row in history):
                 ax.plot(xs, [row.get(key) for row in history], marker="o", label=label)
+            if key == best and best_x is not None:
+                ax.plot([best_x], [max(scored)[0]], marker="*", markersize=14, color="gold", markeredgecolor="k",
+                        linestyle="", label=f"best ({x_label} {best_x})")
+        if best_x is not None:
+            ax.axvline(best_x, color="grey", linestyle=":", linewidth=1)
         ax.set(xlabel=x_label, ylabel=y_label, title=title)
         ax.grid(alpha=0.3)
         if ax.lines:
@@ -39,12 +52,13 @@ def plot_panels(history: list[dict], x_key: str, x_label: str, panels: Sequence[
     plt.close(fig)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
-    """Loss (train, validation) and accuracy (top-1, top-5, EMA top-1) per epoch, as a PNG."""
+def plot_curves(history: list[dict], path: Path, num_classes: int | None = None) -> None:
+    """Loss (train, validation), accuracy (top-1, top-5 where there are more than 5 classes, EMA top-1) and
+    the learning rate per epoch, the best top-1 marked, as a PNG."""
+    accuracy = [("val_top1", "top-1")] + ([("val_top5", "top-5")] if num_classes is None or num_classes > 5 else [])
     plot_panels(history, "epoch", "epoch", [
         ("loss", "loss", [("train_loss", "train"), ("val_loss", "validation")]),
-        ("validation accuracy", "accuracy (%)", [("val_top1", "top-1"), ("val_top5", "top-5"),
-                                                 ("ema_top1", "EMA top-1")])], path)
+        ("validation accuracy", "accuracy (%)", [*accuracy, ("ema_top1", "EMA top-1")])], path, best="val_top1")
 
 
 def soft_label_text(target: torch.Tensor, classes: Sequence[str], floor: float = 0.05) -> str:

@@ -121,7 +121,7 @@ def test_fused_mlp_op_passes_torch_library_opcheck(monkeypatch, slice_bytes, dty
     before = args[1].clone()
     torch.library.opcheck(torch.ops.convnext.pointwise_mlp, args, test_utils=("test_schema", "test_faketensor"))
     got = torch.ops.convnext.pointwise_mlp(*args)
-    want = kernels._pointwise_mlp_reference(*(t.float() for t in args))
+    want = kernels.pointwise_mlp_reference(*(t.float() for t in args))
     assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got.float(), want, **({} if dtype == torch.float32 else dict(atol=0.5, rtol=0.02)))
     assert torch.equal(args[1], before)  # a functional op: the residual input is left as it was

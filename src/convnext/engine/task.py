@@ -133,7 +133,7 @@ class Task:
     def plot_curves(self, history: list[dict], path: Path) -> None:
         from ..plots import plot_curves
 
-        plot_curves(history, path)
+        plot_curves(history, path, num_classes=len(getattr(self, "classes", ())) or None)
 
     def start(self, folder: Path, main: bool) -> None:
         """Called once the run's state is ready, before the first step (e.g. to draw a sample figure)."""

@@ -110,6 +110,14 @@ class DetectionTask(Task):
     def describe(self, index: int) -> str:
         return self.train.describe(index)
 
+    def plot_curves(self, history: list[dict], path: Path) -> None:
+        from ...plots import plot_panels
+
+        plot_panels(history, "epoch", "epoch", [
+            ("training loss (sum of the detector's losses)", "loss", [("train_loss", "train")]),
+            ("validation (COCO AP)", "AP", [("box_ap", "box AP"), ("box_ap50", "box AP50"), ("mask_ap", "mask AP"),
+                                            ("mask_ap50", "mask AP50")])], path, best="box_ap")
+
     def summary(self, state) -> dict:
         best = state.best
         return dict(classes=self.classes, epochs=self.config.epochs,

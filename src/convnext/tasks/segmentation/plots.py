@@ -21,4 +21,4 @@ def plot_segmentation_curves(history: list[dict], path: Path) -> None:
     plot_panels(history, "iter", "iteration", [
         ("training loss (main + 0.4 x auxiliary)", "loss", [("train_loss", "train")]),
         ("validation (sliding window, single scale)", "%", [("val_miou", "mIoU"), ("val_macc", "mAcc"),
-                                                           ("val_aacc", "aAcc")])], path)
+                                                           ("val_aacc", "aAcc")])], path, best="val_miou")
