@@ -109,3 +109,4 @@ def test_bf16_inference_casts_every_pytorch_model_once(capsys):
     step = benchmark._make_step(model, torch.randn(1, 3, 32, 32), train=False, dtype=torch.bfloat16, cast=True)
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     step()  # bf16 weights take the bf16 input without autocast
+    assert "inference at 32x32, bf16 (weights cast)" in benchmark.format_report(report)

@@ -464,7 +464,10 @@ def run_benchmark(
 def format_report(report: dict) -> str:
     """The report as a table: one line per model, batch and implementation."""
     m, s = report["machine"], report["settings"]
-    options = [s["dtype"]] + ["channels_last"] * s["channels_last"] + [f"compile={s['compile']}"] * bool(s["compile"])
+    dtype = "int8 (the `convnext` row: our float32 model, the baseline)" if s["dtype"] == "int8" else s["dtype"]
+    if s.get("low_precision"):
+        dtype += f" ({s['low_precision']})"
+    options = [dtype] + ["channels_last"] * s["channels_last"] + [f"compile={s['compile']}"] * bool(s["compile"])
     lines = [f"{s['mode']} at {s['res']}x{s['res']}, {', '.join(options)} | {_where(m)} | torch {m['torch']} | "
              f"{s['rounds']} rounds | {m['date']}",
              f"{'model':<24} {'batch':>5}  {'implementation':<16} {'img/s':>8} {'[min - max]':<17} {'TFLOP/s':>7} "
