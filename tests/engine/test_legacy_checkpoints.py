@@ -62,7 +62,8 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _resume_line(out: str) -> str:
-    lines = [line for line in out.splitlines() if re.search(r"\bresum", line, re.IGNORECASE)]
+    # "resuming ... at epoch N" (a "resume: X kept as this run started" line may come first)
+    lines = [line for line in out.splitlines() if re.search(r"\bresuming\b", line, re.IGNORECASE)]
     assert lines, f"the rerun does not say it resumes:\n{out}"
     return lines[0]
 

@@ -7,7 +7,6 @@ with the main process writing the files.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,7 +196,6 @@ def _periods(run: Run, net: torch.nn.Module) -> None:
                       amp_dtype=autocast_dtype(config.amp, rt.device), save_every_steps=config.save_every_steps,
                       diverged=run.diverged)
     run.started = time.perf_counter()
-    interactive = rt.main and sys.stderr.isatty()
     for period in range(state.epoch, schedule.periods):
         steps = schedule.steps(period)
         batches = task.batches(period, state.step * config.accum_steps * config.batch_size, rt)
@@ -206,7 +204,7 @@ def _periods(run: Run, net: torch.nn.Module) -> None:
         desc = (f"epoch {period + 1}/{schedule.periods}" if schedule.unit == "epoch" else
                 f"iterations {period * schedule.steps_per_period + state.step + 1}-"
                 f"{period * schedule.steps_per_period + steps}")
-        seconds, parts = train_period(trainer, state, batches, steps, desc=desc, interactive=interactive,
+        seconds, parts = train_period(trainer, state, batches, steps, desc=desc, show=rt.main,
                                       save_step=run.save)
         run.end_period(seconds, parts)
         if len(state.bad_images) > skipped_before:

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import UserError
+from ..progress import progress
 from .runtime import Runtime
 from .state import RunState
 from .task import Task
@@ -64,7 +65,7 @@ def _optimizer_step(trainer: Trainer, state: RunState) -> None:
 
 
 def train_period(trainer: Trainer, state: RunState, batches: Iterator, steps: int, *, desc: str,
-                 interactive: bool, save_step: Callable[[], None]) -> tuple[float, dict[str, float]]:
+                 show: bool, save_step: Callable[[], None]) -> tuple[float, dict[str, float]]:
     """Train from ``state.step`` to the end of the period under way (``steps`` optimizer steps); returns the
     seconds it took and the loss parts other than ``loss``, per image of this session's steps.
 
@@ -72,8 +73,8 @@ def train_period(trainer: Trainer, state: RunState, batches: Iterator, steps: in
     ``save_step`` is called every ``save_every_steps`` steps, except at the period's end (its own checkpoint
     follows)."""
     rt = trainer.rt
-    bar = tqdm(total=steps, initial=state.step, desc=desc, unit="step", disable=not interactive, leave=False,
-               dynamic_ncols=True)
+    bar = progress(total=steps, initial=state.step, desc=desc, unit="step", show=show)
+    interactive = show and isinstance(bar, tqdm)  # a live bar: worth its per-step loss readout
     loss_sum = torch.tensor(state.epoch_loss, dtype=torch.float64, device=rt.device)
     parts: dict[str, torch.Tensor] = {}
     seen = initial = state.epoch_images
@@ -92,7 +93,7 @@ def train_period(trainer: Trainer, state: RunState, batches: Iterator, steps: in
                 rate = seen * rt.world_size / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.4f}",
                                 lr=f"{max(state.schedule.get_last_lr()):.3g}", img_s=f"{rate:.0f}")
-                bar.update()
+            bar.update()
             state.step = step + 1
             every = trainer.save_every_steps
             if every and state.step % every == 0 and state.step < steps:

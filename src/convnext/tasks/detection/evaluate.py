@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
+from ...progress import progress as progress_display
 from .data import CocoData, DetectionItems, collate
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -52,8 +51,7 @@ def detect_all(model: nn.Module, data: CocoData, *, device: torch.device, batch_
     model.eval()
     results, scored, unreadable = [], [], []
     try:
-        for images, targets, bad in tqdm(loader, desc="evaluate", unit="batch", leave=False,
-                                         disable=not (progress and sys.stderr.isatty())):
+        for images, targets, bad in progress_display(loader, desc="evaluate", unit="batch", show=bool(progress)):
             keep = [i for i, b in enumerate(bad) if b < 0]
             unreadable += [b for b in bad if b >= 0]
             if not keep:

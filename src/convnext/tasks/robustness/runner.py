@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ...data.images import Digits, ImageFolder
 from ...errors import UserError
+from ...progress import progress as progress_display
 from ..classification.evaluate import evaluate
 from .corruptions import COMMON, SEVERITIES, CorruptedImages, check_corruptions
 from .suites import (
@@ -262,7 +263,7 @@ def run_jobs(subjects: list[Subject], jobs: list[Job], output: str | os.PathLike
         if todo:
             pending.append((job, todo))
     total = sum(len(job.source) * len({json.dumps(s.preprocessing) for s in todo}) for job, todo in pending)
-    with tqdm(total=total, unit="img", desc="robustness", disable=None if total else True) as progress:
+    with progress_display(total=total, unit="img", desc="robustness", show=bool(total)) as progress:
         for job, todo in pending:
             groups: dict[str, list[Subject]] = {}
             for subject in todo:

@@ -3,7 +3,6 @@ official ADE20K evaluation, with mIoU, mAcc, aAcc and per-class IoU."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,8 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
-from tqdm import tqdm
 
+from ...progress import progress as progress_display
 from ...weights import IMAGENET_MEAN, IMAGENET_STD
 from .data import SegmentationSource, Unreadable, read_pair
 from .inference import MS_RATIOS, segment
@@ -52,9 +51,9 @@ def evaluate_segmentation(model: nn.Module, source: SegmentationSource, num_clas
     model.eval()
     matrix, skipped = ConfusionMatrix(num_classes), []
     indices = range(rank, len(source), world_size)
-    show = sys.stderr.isatty() if progress is None else progress
+    show = True if progress is None else progress
     try:
-        for index in tqdm(indices, desc="evaluate", unit="img", disable=not show or rank != 0, leave=False):
+        for index in progress_display(indices, desc="evaluate", unit="img", show=bool(show) and rank == 0):
             try:
                 image, labels = read_pair(source, index, num_classes)
             except Unreadable as err:
