@@ -125,3 +125,18 @@ def test_detection_accumulates_gradients_and_stops_on_a_non_finite_loss(tmp_path
     monkeypatch.setattr(DetectionTask, "step", nan_on_the_second_step)
     with pytest.raises(UserError, match=r"^the loss became nan at epoch 1, step 2: training stopped"):
         train_detector(resolve_detect_config("demo", output=str(tmp_path / "nan"), **settings), log=lambda _: None)
+
+
+def test_the_demo_picture_draws_predictions_at_twice_the_size_with_the_ground_truth(tmp_path):
+    from PIL import Image
+
+    from convnext.models import build_model
+    from convnext.tasks.detection.demo import draw_demo
+
+    make_demo_set(tmp_path / "data" / "val", "val", 2, size=64, seed=3)
+    data = CocoData(tmp_path / "data" / "val", train=False)
+    torch.manual_seed(0)
+    model = build_model("maskrcnn_convnext_tiny", num_classes=len(data.classes) + 1, **MODEL_ARGS).eval()
+    out = draw_demo(tmp_path, model, data.classes, count=2, score=0.0)  # score 0: an untrained model's boxes too
+    with Image.open(out) as picture:
+        assert picture.width > 200 and picture.height > 200

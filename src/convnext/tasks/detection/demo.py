@@ -130,31 +130,54 @@ def demo_data(folder: Path, say: Callable[[str], None]) -> tuple[Path, Path]:
 
 def draw_demo(run_dir: Path, model: nn.Module, classes: list[str], count: int = 8, score: float = 0.5) -> Path:
     """``predictions.png`` in ``run_dir``: ``model`` (the run's best, as `load_detector` reads it) on the first
-    ``count`` validation images."""
+    ``count`` validation images, drawn at twice their size so that labels have room, with the ground-truth
+    boxes in white."""
     import torch
+    from torchvision.utils import draw_bounding_boxes
 
     from ...data.images import load_image, to_tensor
     from ...files import atomic_write
     from ...plots import pyplot
+    from .data import CocoData
     from .predict import detect, draw
 
+    truth = CocoData(run_dir / "data" / "val", train=False)
+    boxes_of = {truth.coco.imgs[i]["file_name"]: truth.load(truth.ids.index(i))[1]["boxes"] for i in truth.ids}
     files = sorted((run_dir / "data" / "val" / "images").glob("*.jpg"))[:count]
     plt = pyplot()
-    fig, axes = plt.subplots(2, (len(files) + 1) // 2, figsize=(2.2 * ((len(files) + 1) // 2), 4.6))
+    fig, axes = plt.subplots(2, (len(files) + 1) // 2, figsize=(3 * ((len(files) + 1) // 2), 6.4))
     for ax, path in zip(axes.flat, files, strict=False):
         image = to_tensor(load_image(path))
         with torch.no_grad():
-            picture = draw(image, detect(model, image, score), classes)
+            found = detect(model, image, score)
+        picture = draw(_twice(image), _twice_output(found), classes)
+        ground = boxes_of.get(path.name, torch.zeros(0, 4)) * 2
+        picture = draw_bounding_boxes(picture, ground, colors="white", width=1)
         ax.imshow(picture.permute(1, 2, 0).numpy())
         ax.set_title(path.name, fontsize=7)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle("held-out digits on held-out photo regions: predicted masks, boxes, class and score", fontsize=8)
+    fig.suptitle("held-out digits on held-out photo regions: predicted masks, boxes, class and score; "
+                 "ground truth in white", fontsize=8)
     fig.tight_layout()
     out = run_dir / "predictions.png"
     atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
     return out
+
+
+def _twice(image):
+    import torch.nn.functional as F
+
+    return F.interpolate(image[None], scale_factor=2, mode="nearest")[0]
+
+
+def _twice_output(output: dict) -> dict:
+    """A detector's output for the image drawn at twice its size."""
+    scaled = dict(output, boxes=output["boxes"] * 2)
+    if "masks" in output and len(output["masks"]):
+        scaled["masks"] = _twice(output["masks"].float().flatten(0, 1))[:, None]
+    return scaled
 
 
 def pretrain_backbone(folder: Path, say: Callable[[str], None]) -> Path:
