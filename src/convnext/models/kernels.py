@@ -118,10 +118,14 @@ def pointwise_mlp(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | 
     if not _runs_on_onednn(x, shortcut, weight1):
         return pointwise_mlp_reference(x, shortcut, weight1, bias1, weight2, bias2).contiguous(
             memory_format=_memory_format(shortcut))
-    out = shortcut.clone(memory_format=torch.channels_last)
     hidden_bytes = x.shape[2] * x.shape[3] * weight1.shape[0] * x.element_size()
     step = max(1, MLP_SLICE_BYTES // max(hidden_bytes, 1))
     onednn, same = torch.ops.mkldnn, ([0, 0], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
+    if step >= x.shape[0]:  # one slice: the add writes a new tensor, no copy of the shortcut first
+        hidden = onednn._convolution_pointwise(x, weight1, bias1, *same, "gelu", [None], "none")
+        return onednn._convolution_pointwise.binary(hidden, shortcut, weight2, bias2, *same, "add", None, None, [],
+                                                    None)
+    out = shortcut.clone(memory_format=torch.channels_last)
     for start in range(0, x.shape[0], step):
         hidden = onednn._convolution_pointwise(x[start:start + step], weight1, bias1, *same, "gelu", [None], "none")
         onednn._convolution_pointwise_.binary(out[start:start + step], hidden, weight2, bias2, *same, "add", None,
