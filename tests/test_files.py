@@ -114,3 +114,19 @@ def test_a_long_legal_name_gets_a_legal_temporary_name(tmp_path):
     assert tmp != temp_path(target.with_name("y" + target.name[1:]))  # the hash keeps names apart
     atomic_write_text(target, "ok")
     assert target.read_text() == "ok" and leftovers(tmp_path) == []
+
+
+def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path):
+    target = tmp_path / ("x" * 300 + ".png")
+    with pytest.raises(UserError, match=r"the name is too long for the file system \(304 bytes; most allow 255\)"):
+        atomic_write_text(target, "never")
+
+
+def test_two_inputs_writing_one_output_are_refused_before_work(tmp_path):
+    from convnext.files import check_distinct_outputs
+
+    inputs = [tmp_path / "a" / "x.png", tmp_path / "b" / "y.png", tmp_path / "b" / "x.jpg"]
+    with pytest.raises(UserError, match=r"a/x.png and .*b/x.jpg would both be written as x_overlay.png"):
+        check_distinct_outputs(inputs, lambda path: f"{path.stem}_overlay.png")
+    check_distinct_outputs(inputs[:2], lambda path: f"{path.stem}_overlay.png")
+    check_distinct_outputs([inputs[0], inputs[0]], lambda path: path.name)  # the same file twice: one output

@@ -39,6 +39,18 @@ def natural_key(path: Path) -> list:
 NAME_MAX = 255  # bytes in one file name on the usual file systems
 
 
+def check_distinct_outputs(inputs: list[Path], output_name: Callable[[Path], str]) -> None:
+    """One line, before any work, when two inputs would write the same output file (``a/x.png`` and ``b/x.jpg``
+    both give ``x_overlay.png``): one result would silently replace the other."""
+    seen: dict[str, Path] = {}
+    for path in inputs:
+        name = output_name(path)
+        if name in seen and seen[name] != path:
+            raise UserError(f"{seen[name]} and {path} would both be written as {name}: rename one, or predict "
+                            "them in two runs with different --output folders")
+        seen[name] = path
+
+
 def temp_path(path: Path, pid: int | None = None) -> Path:
     """The temporary file for ``path``: hidden, beside it, named by the writing process, ending in ``path``'s own
     suffix (some writers pick the format from it): ``.last.pt.4242.tmp.pt``. A name too long for that keeps its
@@ -108,6 +120,10 @@ def write_problem(path: Path, err: BaseException, free: int | None = None) -> Us
     if code in _REFUSED:
         reason = "the file system is read-only" if code == errno.EROFS else "permission denied"
         return UserError(f"cannot write in {folder}: {reason}; choose a folder you can write in")
+    if code == errno.ENAMETOOLONG:
+        return UserError(f"cannot write {path.name[:40]}...: the name is too long for the file system "
+                         f"({len(path.name.encode())} bytes; most allow 255); rename the input or choose a shorter "
+                         "output name")
     if code == errno.EISDIR or path.is_dir():
         return UserError(f"cannot write {path}: it is a folder; name a file")
     if code == errno.ENOENT and not folder.is_dir():
@@ -134,6 +150,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path to write; when the block succeeds it becomes ``path`` (synced, umask permissions),
     when it fails it is removed and ``path`` keeps its old content."""
     path = Path(path)
+    if len(path.name.encode()) > NAME_MAX:
+        raise write_problem(path, OSError(errno.ENAMETOOLONG, "File name too long"))
     if path.is_dir():
         raise UserError(f"cannot write {path}: it is a folder; name a file")
     make_folder(path.parent)

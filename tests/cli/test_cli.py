@@ -100,7 +100,7 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
         (["predict", str(tmp_path / "photo.png"), "--model", "convnext_atto", "--pretrained", "mine.pt"],
          "a weights file goes to --checkpoint"),
         (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "onnx", "--out",
-          str(tmp_path / "x.onnx"), "--opset", "999"], "--opset must be from 17"),
+          str(tmp_path / "x.onnx"), "--opset", "999"], "--opset must be from 18"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv

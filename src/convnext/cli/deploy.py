@@ -26,10 +26,10 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    "safetensors (weights + metadata)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write (atomically)")
     p.add_argument("--res", type=int, help="input resolution of the exported graph (default: the weights')")
-    p.add_argument("--opset", type=int, default=export.ONNX_OPSET,
+    p.add_argument("--opset", type=int,
                    help=f"ONNX opset, at least {export.MIN_ONNX_OPSET} (default {export.ONNX_OPSET})")
     p.add_argument("--script", action="store_true", help="TorchScript: script instead of trace")
-    p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
                    help="export the inference-fused model (LayerNorm affine and layer scale folded into the "
                    "pointwise weights; default) or the model as trained; safetensors is never fused")
     p.add_argument("--dtype", default="fp32", choices=list(export.EXPORT_DTYPES),
@@ -43,9 +43,18 @@ def _export(args: argparse.Namespace) -> int:
     from ..deploy import export
     from ..tasks.loading import load_model
 
+    fmt = args.format
+    unused = [flag for flag, given, used in (
+        ("--opset", args.opset is not None, fmt == "onnx"), ("--script", args.script, fmt == "torchscript"),
+        ("--res", args.res is not None, fmt != "safetensors"),
+        ("--fuse/--no-fuse", args.fuse is not None, fmt != "safetensors")) if given and not used]
+    if unused:
+        them = "them" if len(unused) > 1 else "it"
+        raise UserError(f"{' and '.join(unused)} mean nothing for --format {fmt}: leave {them} out")
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
+    args.opset = export.ONNX_OPSET if args.opset is None else args.opset
     report = export.export_model(model, args.out, args.format, res=args.res, opset=args.opset, script=args.script,
-                                 fuse=args.fuse, dtype=args.dtype)
+                                 fuse=args.fuse is not False, dtype=args.dtype)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0 if report["passed"] else 1

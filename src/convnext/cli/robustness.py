@@ -94,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
                         f"{args.workers}")
     if not 0 <= args.seed < 2**32:
         raise UserError(f"--seed must be from 0 to 2**32 - 1, got {args.seed}")
+    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UserError(f"--plot {args.plot}: name a .png, .pdf or .svg file")
     quiet = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     output, suites, subjects, baseline = _demo(args, quiet) if args.demo else _given(args)
     corruptions = _list(args.corruptions, flag="--corruptions")
@@ -134,8 +136,12 @@ def _given(args: argparse.Namespace) -> tuple[Path, dict[str, str | None], list,
 
     output = Path(args.output or "runs/robustness")
     suites = _suites(args)
-    if args.plot and not {"c", "cbar"} & set(suites):
-        raise UserError("--plot draws error against severity: it needs suite c or cbar")
+    if not {"c", "cbar"} & set(suites):
+        given = [flag for flag, value in (("--plot", args.plot), ("--corruptions", args.corruptions),
+                                          ("--severities", args.severities)) if value]
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            raise UserError(f"{' and '.join(given)} {verb} to the corruption suites: it needs suite c or cbar")
     named = args.checkpoint or args.model or args.pretrained
     if not named and not args.contender:
         raise UserError("give --checkpoint CKPT, --model with --pretrained [TAG], or --contender NAME=WEIGHTS "

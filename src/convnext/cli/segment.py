@@ -86,6 +86,8 @@ def _train(args: argparse.Namespace) -> int:
     if summary["best_miou"] is not None:
         print(f"best validation mIoU {summary['best_miou']:.2f} (iteration {summary['best_iter']}); run folder "
               f"{config.output}")
+    else:
+        print(f"done: no validation set, so no best.pt; the trained model is {Path(config.output) / 'last.pt'}")
     return 0
 
 

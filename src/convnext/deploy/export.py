@@ -40,7 +40,7 @@ from ..weights import data_config, save_weights
 
 FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
 ONNX_OPSET = 18
-MIN_ONNX_OPSET = 17  # the first opset with LayerNormalization
+MIN_ONNX_OPSET = 18  # LayerNormalization is in 17, but torch's exporter writes 18 at the least
 TOLERANCE = 1e-4  # max abs difference of float32 logits accepted from an exported model
 BF16_TOLERANCE = 0.02  # bf16 exports: max abs difference as a fraction of the largest float32 logit
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -131,12 +131,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, res: int | None = 
     import onnx
 
     if not MIN_ONNX_OPSET <= opset <= onnx.defs.onnx_opset_version():
-        raise UserError(f"--opset must be from {MIN_ONNX_OPSET} (the first with LayerNormalization) to "
+        raise UserError(f"--opset must be from {MIN_ONNX_OPSET} (the lowest torch's exporter writes) to "
                         f"{onnx.defs.onnx_opset_version()} (the newest onnx {onnx.__version__} knows), got {opset}")
-    with warnings.catch_warnings(), _quiet("torch.onnx"):
+    with warnings.catch_warnings(), _quiet("torch.onnx"), _quiet("onnxscript"):
         warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations, not ours
         program = torch.onnx.export(export_program(model, res=res), dynamo=True, opset_version=opset,
                                     input_names=["images"], output_names=["logits"], verbose=False)
+    written = program.model.opset_imports.get("", opset)
+    if written != opset:  # the exporter's version converter gave up and kept its own opset
+        raise UserError(f"torch's exporter could not write opset {opset} (it kept {written}); use --opset {written}")
     for node in program.model.graph.all_nodes():
         node.metadata_props.clear()  # the exporter's debug notes: stack traces with this machine's paths
     _name_batch_axis(program.model.graph)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..files import atomic_write_text
+from ..files import atomic_write_text, make_folder
 from ..models.complexity import model_info
 from ..models.convnext import build_model
 from . import benchmark
@@ -258,9 +258,6 @@ def format_table12(report: dict) -> str:
 def write_table12(report: dict, output: str | os.PathLike = DEFAULT_OUTPUT) -> tuple[Path, Path]:
     """``table12.md`` and ``table12.json`` in ``output`` (created), each written atomically."""
     folder = Path(output)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create --output {folder}: {err.strerror or err}") from None
+    make_folder(folder)
     markdown = atomic_write_text(folder / "table12.md", format_table12(report))
     return markdown, atomic_write_text(folder / "table12.json", json.dumps(report, indent=2) + "\n")

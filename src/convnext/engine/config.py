@@ -160,6 +160,11 @@ def resolve(cls: type[C], recipes: Mapping[str, Mapping], recipe: str, settings:
     unknown = sorted(set(chosen) - set(names))
     if unknown:
         raise UserError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    twice = sorted(k for k in named & set(chosen) if values[k] != chosen[k])
+    if twice:  # a flag would silently win over --set: say so instead
+        key = twice[0]
+        raise UserError(f"{key} is given twice, as --{key.replace('_', '-')} {chosen[key]!r} and --set "
+                        f"{key}={json.dumps(values[key])}: give it once")
     values.update(chosen)
     values["given"] = tuple(sorted(set(values.get("given", ())) | named | set(chosen)))
     config = cls(**values)

@@ -135,3 +135,9 @@ def test_flags_are_checked_like_settings():
         resolve_config("in1k", res=0)
     c = resolve_config("demo", ["clip_grad=1", "betas=[0, 0.5]"])
     assert c.clip_grad == 1.0 and isinstance(c.clip_grad, float) and c.betas == (0.0, 0.5)
+
+
+def test_a_setting_given_as_a_flag_and_in_set_is_refused_unless_equal():
+    with pytest.raises(UserError, match=r"epochs is given twice, as --epochs 6 and --set epochs=2: give it once"):
+        resolve_config("in1k", ["epochs=2"], epochs=6)
+    assert resolve_config("in1k", ["epochs=6"], epochs=6).epochs == 6

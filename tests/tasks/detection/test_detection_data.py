@@ -111,13 +111,15 @@ def test_bad_single_annotations_are_dropped_and_counted(coco_set, tmp_path):
         data["annotations"] += [_annotation(1, [float("nan"), 1, 9, 9], ann_id=1001),
                                 _annotation(1, [1, 1, 9, 9], ann_id=1002, segmentation={"size": [32, 32],
                                                                                         "counts": "abc"}),
-                                _annotation(1, [1, 1, 9, 9], ann_id=1003, segmentation="a polygon?")]
+                                _annotation(1, [1, 1, 9, 9], ann_id=1003, segmentation="a polygon?"),
+                                _annotation(1, [1, 1, 9, 9], ann_id=1004, segmentation=[[1, 2, 3]]),
+                                _annotation(1, [1, 1, 9, 9], ann_id=1005, iscrowd="yes")]
 
     data = CocoData(_edited(coco_set, tmp_path, edit), train=True)
     lines = " | ".join(data.notes())
     assert "1 boxes of no area (or no box, or not finite numbers)" in lines
-    assert "2 masks neither polygons nor an RLE of their image's size" in lines
-    assert {a["id"] for a in data.coco.dataset["annotations"]}.isdisjoint({1001, 1002, 1003})
+    assert "4 annotations whose mask is neither polygons (3+ points) nor an RLE" in lines
+    assert {a["id"] for a in data.coco.dataset["annotations"]}.isdisjoint({1001, 1002, 1003, 1004, 1005})
 
 
 def test_the_cli_says_one_line_for_a_broken_json(tmp_path, capsys):

@@ -241,7 +241,10 @@ def test_bad_input_is_one_line_and_exit_2(digits_run, tmp_path, capsys):
         (["--suite", "c", "--data", tmp_path / "letters"], "do not match the model's classes: a"),
         (["--suite", "a", "--data", tmp_path / "imagenet_a"], "needs a model with the 1000 ImageNet-1K classes"),
         (["--suite", "c", "--corruptions", "rain"], "unknown corruption rain"),
-        (["--suite", "clean", "--plot", tmp_path / "p.png"], "it needs suite c or cbar"),
+        (["--suite", "clean", "--plot", tmp_path / "p.png"], "--plot applies to the corruption suites"),
+        (["--suite", "clean", "--corruptions", "fog", "--severities", "2"],
+         "--corruptions and --severities apply to the corruption suites: it needs suite c or cbar"),
+        (["--suite", "c", "--plot", tmp_path], "name a .png, .pdf or .svg file"),
         (["--suite", "clean", "--seed", "-1"], "--seed must be from 0 to 2**32 - 1, got -1"),
     ]
     for args, message in cases:

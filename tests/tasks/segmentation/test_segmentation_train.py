@@ -1,6 +1,7 @@
 """Segmentation training on the shared run machinery: recipe, schedule, exact resume, CLI and bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -195,3 +196,17 @@ def test_kills_after_any_step_resume_bit_for_bit(tmp_path, monkeypatch):
     b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+
+
+def test_a_broken_val_split_is_one_line_and_a_plain_folder_has_no_validation(tmp_path):
+    """Attacker trial: a missing val mask silently turned validation off; a plain folder was scored on itself."""
+    from convnext.tasks.segmentation.data import train_val_sources
+
+    data = _scenes(tmp_path / "data")
+    (data / "val" / "masks" / "s0.png").unlink()
+    with pytest.raises(UserError, match="have no mask"):
+        train_val_sources(_config(data, tmp_path / "run"))
+    flat = tmp_path / "flat"
+    shutil.copytree(data / "train", flat)
+    train_src, val_src = train_val_sources(_config(flat, tmp_path / "run"))
+    assert len(train_src) == 4 and val_src is None

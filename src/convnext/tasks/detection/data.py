@@ -63,8 +63,8 @@ class Cleaning:
             shown = ", ".join(self.missing_files[:3]) + (", ..." if len(self.missing_files) > 3 else "")
             out.append(f"{len(self.missing_files)} image files missing: left out ({shown})")
         if self.bad_mask:
-            out.append(f"{self.bad_mask} masks neither polygons nor an RLE of their image's size: dropped with "
-                       "their annotation")
+            out.append(f"{self.bad_mask} annotations whose mask is neither polygons (3+ points) nor an RLE of "
+                       "their image's size, or whose iscrowd is not 0/1: dropped")
         if self.no_segmentation:
             out.append(f"{self.no_segmentation} annotations without a segmentation: their box is their mask")
         return out
@@ -195,17 +195,27 @@ def _usable(ann: dict, sizes: dict, listed: set, categories: set, report: Cleani
     if box is None:
         report.zero_area += 1
         return None
-    mask = ann.get("segmentation")
-    if (mask and not isinstance(mask, list | dict)) or (isinstance(mask, dict) and mask.get("size") != [height, width]):
+    if not _usable_mask(ann.get("segmentation"), width, height) or ann.get("iscrowd", 0) not in (0, 1):
         report.bad_mask += 1
         return None
-    ann = {**ann, "bbox": box, "iscrowd": int(ann.get("iscrowd", 0) or 0)}
+    ann = {**ann, "bbox": box, "iscrowd": int(ann.get("iscrowd", 0))}
     if not ann.get("segmentation"):
         report.no_segmentation += 1
         x, y, w, h = box
         ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
     ann.setdefault("area", box[2] * box[3])
     return ann
+
+
+def _usable_mask(mask, width: int, height: int) -> bool:
+    """None (the box stands in), polygons of at least 3 finite points each, or an RLE of the image's size."""
+    if not mask:
+        return True
+    if isinstance(mask, dict):
+        return mask.get("size") == [height, width] and isinstance(mask.get("counts"), str | list)
+    return isinstance(mask, list) and all(
+        isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+        and all(isinstance(v, int | float) and math.isfinite(v) for v in poly) for poly in mask)
 
 
 def coco_api(data: dict):

@@ -10,7 +10,7 @@ from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
 from ...data.images import load_image, to_tensor
 from ...errors import UserError
-from ...files import atomic_write
+from ...files import atomic_write, check_distinct_outputs
 from ...models import MODEL_ARCHS, build_model
 from ...models.cascade import SIZES as CASCADE_SIZES
 from ...weights import read_checkpoint_file, require_finite
@@ -128,6 +128,8 @@ def predict_files(model: nn.Module, files: list[Path], classes: list[str], cat_i
     could not be read (skipped), each with its one-line reason."""
     from PIL import Image
 
+    if out_dir is not None:
+        check_distinct_outputs(files, lambda path: f"{path.stem}.pred.png")
     records, skipped = [], {}
     for position, path in enumerate(files, start=1):
         try:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from ...files import atomic_write_text
+from ...files import atomic_write, atomic_write_text
 from .corruptions import COMMON, EXTRA
 from .metrics import corruption_errors, error_by_severity, mean_ce, mean_error
 from .suites import CBAR, SUITE_NAMES
@@ -132,9 +132,7 @@ def _detail(label: str, suite: str, entry: dict) -> str:
 
 
 def write_json(value: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(value, indent=2))
+    atomic_write_text(Path(path), json.dumps(value, indent=2))  # creates the folder
 
 
 def plot_severity(summary: dict, path: str | os.PathLike, suite: str = "c") -> None:
@@ -164,6 +162,5 @@ def plot_severity(summary: dict, path: str | os.PathLike, suite: str = "c") -> N
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{SUITE_NAMES[suite]}: error against severity (0 = clean)")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:]))
     plt.close(fig)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ...data.images import Digits, ImageFolder
 from ...errors import UserError
+from ...files import make_folder
 from ...progress import progress as progress_display
 from ..classification.evaluate import evaluate
 from .corruptions import COMMON, SEVERITIES, CorruptedImages, check_corruptions
@@ -201,7 +202,7 @@ def _read_result(path: Path, stamp: dict, key: str) -> dict | None:
 
 def _write_result(path: Path, stamp: dict, key: str, value: dict) -> None:
     """Add one result to a job file; temp file + rename, so an interruption never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     try:
         stored = json.loads(path.read_text())
     except (OSError, ValueError):

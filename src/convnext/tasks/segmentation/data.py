@@ -222,10 +222,10 @@ def train_val_sources(config: SegConfig) -> tuple[SegmentationSource, Segmentati
     if config.data is None:
         raise UserError("give --data DIR (an ADE20K tree or images/ + masks/ folders), or use --demo")
     train_src = segmentation_folder(config.data, "train", config.reduce_zero_label)
-    try:
-        val_src = segmentation_folder(config.val_data or config.data, "val", config.reduce_zero_label)
-    except UserError:
-        if config.val_data:
-            raise
-        val_src = None
-    return train_src, val_src
+    if config.val_data:
+        return train_src, segmentation_folder(config.val_data, "val", config.reduce_zero_label)
+    root = Path(config.data)
+    if not ((root / "images" / "validation").is_dir() or (root / "val" / "images").is_dir()):
+        return train_src, None  # a plain folder is all training data: scoring on it would flatter the model
+    # the data's own val split: a problem in it is one line, never a silent run without validation
+    return train_src, segmentation_folder(config.data, "val", config.reduce_zero_label)

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from ...errors import UserError
-from ...files import atomic_write
+from ...files import atomic_write, check_distinct_outputs, make_folder
 from ...models.convnext import build_model, create_model
 from ...weights import read_checkpoint_file
 from ...weights.segmentation import _unwrap, convert_segmentation_state_dict
@@ -72,7 +72,8 @@ def predict_folder(model: nn.Module, inputs: list[Path], out_dir: str | os.PathL
 
     Unreadable images are skipped and listed in the result (``error``)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_distinct_outputs([Path(p) for p in inputs], lambda path: f"{path.stem}_overlay.png")
+    make_folder(out)
     results = []
     for path in inputs:
         try:

@@ -61,7 +61,9 @@ class SegmentationTask(Task):
             f"{config.layer_decay:g}, poly after {config.warmup_iters} warm-up iterations, crop {config.crop}, "
             f"scale {config.scale[0]}x{config.scale[1]} x {config.ratio_range[0]:g}-{config.ratio_range[1]:g}, "
             f"drop path {config.drop_path:g}, validation every {config.eval_every} iterations; "
-            f"{len(self.train_src)} training images")
+            f"{len(self.train_src)} training images, "
+            + (f"{len(self.val_src)} validation images" if self.val_src is not None else
+               "no validation set (a plain folder is all training data: give DIR/train + DIR/val or --val-data)"))
         transform = TrainTransform(config.crop, tuple(config.scale), tuple(config.ratio_range), IMAGENET_MEAN,
                                    IMAGENET_STD, config.hflip, config.photometric)
         self.dataset = SegmentationSet(self.train_src, config.num_classes, transform, config.seed)
