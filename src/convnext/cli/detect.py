@@ -103,8 +103,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{args.checkpoint} on {data.json_path}: {metrics['images']} images, {metrics['detections']} detections")
     print(format_scores(metrics))
     for name in metrics["unreadable"]:
-        print(f"skipped (unreadable): {name}", file=sys.stderr)
+        print(f"skipped: {_why_skipped(data, name)}", file=sys.stderr)
     return 0
+
+
+def _why_skipped(data, name: str) -> str:
+    """The reason an evaluation image was left out (unreadable, or not the size the json gives), in its words."""
+    for index in range(len(data)):
+        if data.describe(index) == name:
+            try:
+                data.load(index)
+            except UserError as err:
+                return str(err)
+    return name
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:

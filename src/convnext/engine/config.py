@@ -211,11 +211,14 @@ def check(config: RunConfig) -> None:
     config.check_more()
 
 
-def check_model_builds(name: str, model_args: dict) -> None:
-    """``name`` and ``model_args`` must build: tried on the meta device, which allocates nothing."""
+def check_model_builds(name: str, model_args: dict, image_side: int | None = None) -> None:
+    """``name`` and ``model_args`` must build, and with ``image_side`` run one image batch of that side: tried
+    on the meta device, which allocates and computes nothing (shapes only)."""
     try:
         with torch.device("meta"):
-            build_model(name, num_classes=2, **model_args)
+            model = build_model(name, num_classes=2, **model_args)
+            if image_side is not None:
+                model.eval()(torch.empty(1, 3, image_side, image_side))
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - a builder given bad shapes fails in many ways

@@ -142,3 +142,14 @@ def test_the_cli_refuses_bad_settings_in_one_line(tmp_path, capsys):
         assert main(["detect", "train", "--output", str(tmp_path / "run"), *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+
+
+def test_an_evaluation_image_left_out_is_named_with_its_reason(coco_set, tmp_path):
+    from convnext.cli.detect import _why_skipped
+
+    def edit(data):
+        data["images"][0]["width"] = 32  # the file is 64 wide
+
+    data = CocoData(_edited(coco_set, tmp_path, edit), train=False)
+    name = data.describe(0)
+    assert _why_skipped(data, name) == f"{name} is 64x64, the json says 32x64"

@@ -140,3 +140,17 @@ def test_the_demo_picture_draws_predictions_at_twice_the_size_with_the_ground_tr
     out = draw_demo(tmp_path, model, data.classes, count=2, score=0.0)  # score 0: an untrained model's boxes too
     with Image.open(out) as picture:
         assert picture.width > 200 and picture.height > 200
+
+
+def test_predicting_an_image_the_annotations_do_not_list_is_refused(tmp_path):
+    from convnext.models import build_model
+    from convnext.tasks.detection.predict import predict_files
+
+    data = make_demo_set(tmp_path / "val", "val", 2, size=64, seed=3)
+    listed = sorted((data / "images").glob("*.jpg"))
+    stranger = tmp_path / "zzz.jpg"
+    stranger.write_bytes(listed[0].read_bytes())
+    ids = {path.name: i + 1 for i, path in enumerate(listed)}
+    model = build_model("maskrcnn_convnext_tiny", num_classes=4, **MODEL_ARGS).eval()
+    with pytest.raises(UserError, match=r"1 image\(s\) not in --annotations, e.g. zzz.jpg"):
+        predict_files(model, [listed[0], stranger], ["a", "b", "c"], [1, 2, 3], out_dir=None, image_ids=ids)

@@ -210,3 +210,10 @@ def test_a_broken_val_split_is_one_line_and_a_plain_folder_has_no_validation(tmp
     shutil.copytree(data / "train", flat)
     train_src, val_src = train_val_sources(_config(flat, tmp_path / "run"))
     assert len(train_src) == 4 and val_src is None
+
+
+@pytest.mark.parametrize("model_args, message", [('{"dims": [1, 2]}', "zip()"), ('{"channels": 0}', "out of range"),
+                                                 ('{"channels": -5}', "negative dimension")])
+def test_model_args_that_do_not_build_or_run_are_one_line(model_args, message):
+    with pytest.raises(UserError, match=f"upernet_convnext_tiny cannot be built with model_args=.*{message}"):
+        seg_config("demo", [f"model_args={model_args}"])

@@ -130,6 +130,10 @@ def predict_files(model: nn.Module, files: list[Path], classes: list[str], cat_i
 
     if out_dir is not None:
         check_distinct_outputs(files, lambda path: f"{path.stem}.pred.png")
+    unlisted = [path.name for path in files if image_ids is not None and path.name not in image_ids]
+    if unlisted:  # its position would pass for the id of another image of the json
+        raise UserError(f"{len(unlisted)} image(s) not in --annotations, e.g. {unlisted[0]}: results name images by "
+                        "the json's ids; predict only the images it lists, or leave out --annotations")
     records, skipped = [], {}
     for position, path in enumerate(files, start=1):
         try:

@@ -20,6 +20,7 @@ from ...engine.config import (
     Range,
     RunConfig,
     apply_fits,
+    check_model_builds,
     check_order,
     resolve,
 )
@@ -75,6 +76,7 @@ class SegConfig(RunConfig):
 
     def check_more(self) -> None:
         check_order(self, "ratio_range")
+        check_model_builds(self.model, self.model_args, image_side=64)
         if self.min_lr > self.lr:
             raise UserError(f"setting min_lr={self.min_lr!r}: must be at most lr ({self.lr!r})")
 
