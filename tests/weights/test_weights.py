@@ -387,3 +387,14 @@ def test_an_export_or_an_image_given_as_a_checkpoint_is_named(tmp_path):
             read_checkpoint_file(path)
     torch.save({"model": model.state_dict()}, tmp_path / "ok.pt")
     assert "model" in read_checkpoint_file(tmp_path / "ok.pt")  # a torch.save archive is not mistaken
+
+
+def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(tmp_path):
+    from convnext.errors import UserError
+    from convnext.weights import read_checkpoint_file
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage that is not a pickle" * 3)
+    with pytest.raises(UserError, match="not a PyTorch checkpoint of tensors, or a damaged one") as err:
+        read_checkpoint_file(junk)
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import os
+import pickle
 import re
 import socket
 import urllib.error
@@ -311,8 +312,11 @@ def read_checkpoint_file(path: Path) -> Mapping:
     except (SafetensorError, RuntimeError, EOFError, OSError, ValueError) as err:
         raise UserError(f"cannot read checkpoint {path}: {first_line(err)}") from None
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        raise UserError(f"cannot read checkpoint {path} ({type(err).__name__}): {first_line(err)}. "
-                        "Only tensors are read from pickles (weights_only=True).") from None
+        # torch's own unpickling message suggests weights_only=False: advice a user must not follow for a file
+        # they cannot vouch for, so it is not repeated here
+        detail = "" if isinstance(err, pickle.UnpicklingError) else f"{type(err).__name__}: {first_line(err)}; "
+        raise UserError(f"cannot read checkpoint {path}: not a PyTorch checkpoint of tensors, or a damaged one "
+                        f"({detail}only tensors are ever read from a pickle: weights_only=True)") from None
     if not isinstance(data, Mapping):
         raise UserError(f"cannot read checkpoint {path}: it holds a {type(data).__name__}, not named tensors")
     return data

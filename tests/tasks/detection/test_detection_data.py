@@ -97,6 +97,8 @@ def test_a_broken_json_is_one_line(tmp_path, text, message):
     (lambda d: d["images"].append(dict(d["images"][0])), r"1 images id\(s\) listed more than once, e.g. id 1"),
     (lambda d: d["categories"].append(dict(d["categories"][0], name="twin")), "categories id.* more than once"),
     (lambda d: d["images"][1].update(width="64"), r"images\[1\] width '64' is not a whole number of pixels"),
+    (lambda d: d["images"][0].update(file_name="../../etc/passwd"), "1 image file_name.* point outside its images"),
+    (lambda d: d["annotations"].append(dict(d["annotations"][0])), "annotations id.* listed more than once"),
     (lambda d: [a.update(category_id=[1]) for a in d["annotations"]],
      r"annotations\[0\] category_id \[1\] is not an integer \(and \d+ more annotations like it\)"),
 ])

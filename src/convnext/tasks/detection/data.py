@@ -107,7 +107,12 @@ def read_json(path: Path) -> dict:
         raise UserError(f"{path}: 'annotations' is not a list")
     for kind, fields in FIELDS.items():
         _check_fields(path, kind, data[kind], fields)
-    for kind in ("images", "categories"):  # a repeated id would give one's annotations to the other
+    outside = [img["file_name"] for img in data["images"]
+               if Path(img["file_name"]).is_absolute() or ".." in Path(img["file_name"]).parts]
+    if outside:  # the data set is the folder: a json must not send the reader elsewhere on the machine
+        raise UserError(f"{path}: {len(outside)} image file_name(s) point outside its images folder, e.g. "
+                        f"{outside[0]!r}; give names relative to it")
+    for kind in ("images", "categories", "annotations"):  # a repeated id would mix two items' data
         ids = [item["id"] for item in data[kind]]
         repeated = [i for i, n in collections.Counter(ids).items() if n > 1]
         if repeated:
