@@ -14,8 +14,8 @@ SRC = Path(convnext.__file__).parent.parent
 # Layers, lowest first: a module imports its own package and lower layers only. `weights` (checkpoint files, the
 # registry of released weights) sits below `models`, whose `create_model` and task heads load weights through it;
 # `data` (images in) is beside `models` and imports neither.
-LAYERS = {"errors": 0, "files": 1, "plots": 1, "protocol": 1, "weights": 2, "models": 3, "data": 3, "engine": 4,
-          "tasks": 5, "deploy": 6, "cli": 7, "__main__": 8, "": 8}
+LAYERS = {"errors": 0, "files": 1, "plots": 1, "progress": 1, "protocol": 1, "weights": 2, "models": 3, "data": 3,
+          "engine": 4, "tasks": 5, "deploy": 6, "cli": 7, "__main__": 8, "": 8}
 
 HEAVY = ("torch", "torchvision", "torchvision.models.detection", "transformers", "openvino", "nncf", "matplotlib",
          "pycocotools", "imagecorruptions", "skimage", "onnx", "onnxruntime", "timm")

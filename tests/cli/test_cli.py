@@ -81,8 +81,10 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
         (["predict", "--checkpoint", str(empty), str(tmp_path / "photo.png")], "the file is empty"),
         (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "safetensors", "--out",
           str(tmp_path / "img")], "is a folder"),
+        (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "pt2", "--out",
+          str(tmp_path / "x.pt2"), "--res", "0"], "--res must be from 32"),
         (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "safetensors", "--out",
-          str(tmp_path / "x.safetensors"), "--res", "0"], "--res must be from 32"),
+          str(tmp_path / "x.safetensors"), "--res", "64"], "--res means nothing for --format safetensors"),
         # issue 21: each of these was accepted, ran away, or ended in a traceback
         (["evaluate", "--checkpoint", str(weights), "--model", "convnext_atto", "--res", "100000"],
          "--res must be from 32 (the networks downsample 32x) to 2048, got 100000"),

@@ -165,7 +165,7 @@ def test_export_cli_errors_are_readable(tmp_path, capsys):
     assert main([*args, "--checkpoint", str(ckpt), "--format", "onnx", "--res", "16"]) == 2
     err = capsys.readouterr().err
     assert "--res must be from 32 (the networks downsample 32x) to 2048, got 16" in err and "Traceback" not in err
-    for extra, message in ((["--format", "pt2", "--opset", "18"], "--opset mean nothing for --format pt2"),
+    for extra, message in ((["--format", "pt2", "--opset", "18"], "--opset means nothing for --format pt2"),
                            (["--format", "safetensors", "--res", "64", "--fuse"],
                             "--res and --fuse/--no-fuse mean nothing for --format safetensors: leave them out")):
         assert main([*args[:-2], "--out", str(tmp_path / "x"), "--checkpoint", str(ckpt), *extra]) == 2

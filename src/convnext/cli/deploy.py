@@ -49,8 +49,8 @@ def _export(args: argparse.Namespace) -> int:
         ("--res", args.res is not None, fmt != "safetensors"),
         ("--fuse/--no-fuse", args.fuse is not None, fmt != "safetensors")) if given and not used]
     if unused:
-        them = "them" if len(unused) > 1 else "it"
-        raise UserError(f"{' and '.join(unused)} mean nothing for --format {fmt}: leave {them} out")
+        verb, them = ("mean", "them") if len(unused) > 1 else ("means", "it")
+        raise UserError(f"{' and '.join(unused)} {verb} nothing for --format {fmt}: leave {them} out")
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
     args.opset = export.ONNX_OPSET if args.opset is None else args.opset
     report = export.export_model(model, args.out, args.format, res=args.res, opset=args.opset, script=args.script,

@@ -42,7 +42,7 @@ def _args(p: argparse.ArgumentParser) -> None:
                    "its file does not say")
     p.add_argument("--corruptions", help="comma-separated subset of ImageNet-C corruptions (default: the 15 of "
                    "mCE; speckle_noise, gaussian_blur, spatter, saturate may be added)")
-    p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated, 1-5 (default all)")
+    p.add_argument("--severities", help="comma-separated, 1-5 (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly corruptions (default 0)")
     add_output(p, "results folder, reused when rerun (default runs/robustness, runs/robustness-demo with --demo)",
                metavar="DIR")
