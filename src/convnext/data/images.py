@@ -20,13 +20,17 @@ _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.B
              "nearest": Image.Resampling.NEAREST}
 
 
+# What PIL raises for a file it cannot decode (or will not: a decompression bomb), as opposed to our own bugs.
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """An RGB image from any file PIL reads: EXIF orientation applied; grayscale, palette, RGBA (composited
     on white) and 16-bit images converted."""
     try:
         with Image.open(path) as img:
             img.load()
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except UNREADABLE as err:
         raise UserError(f"cannot read image {path}: {err}") from None
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -318,7 +318,7 @@ def keep_run_settings(saved: Mapping, config: RunConfig) -> list[str]:
         if getattr(config, key) != value:
             notes.append(f"{key}={json.dumps(value)}: kept {why}")
             setattr(config, key, value)
-    object.__setattr__(config, "_kept", frozenset(kept))  # not a setting: never stored
+    config._kept = frozenset(kept)  # not a field: never stored, never compared
     return notes
 
 

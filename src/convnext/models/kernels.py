@@ -17,6 +17,8 @@ Neither branches on how it is being traced: tools see either a plain forward or 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -95,6 +97,12 @@ def pointwise_mlp_reference(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1:
     return shortcut + F.conv2d(F.gelu(F.conv2d(x, weight1, bias1)), weight2, bias2)
 
 
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    """Asked once: the answer cannot change while the process runs."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def _runs_on_onednn(x: Tensor, shortcut: Tensor, weight1: Tensor) -> bool:
     """oneDNN's fused convolutions want CPU channels_last tensors of one dtype it has post-ops for (bf16 only
     where the CPU has bf16 instructions: elsewhere oneDNN would emulate them)."""
@@ -102,7 +110,7 @@ def _runs_on_onednn(x: Tensor, shortcut: Tensor, weight1: Tensor) -> bool:
         return False
     if x.dtype not in _ONEDNN_DTYPES:
         return False
-    if x.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if x.dtype == torch.bfloat16 and not _cpu_has_bf16():
         return False
     return all(t.is_contiguous(memory_format=torch.channels_last) for t in (x, shortcut))
 

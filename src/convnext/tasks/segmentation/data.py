@@ -27,6 +27,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ...data.augment import seeded
+from ...data.images import UNREADABLE
 from ...errors import UserError
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def read_pair(source: SegmentationSource, index: int, num_classes: int) -> tuple
         with Image.open(mask_path) as raw:
             mode = raw.mode
             mask = np.array(raw)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except UNREADABLE as err:
         raise Unreadable(f"{source.describe(index)}: cannot read ({err})") from None
     if mode not in MASK_MODES:
         raise UserError(f"{source.describe(index)}: its mask {mask_path.name} is a {mode} image; masks must be "

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ...data.images import UNREADABLE
 from ...errors import UserError
 from ...files import atomic_write, check_distinct_outputs, make_folder
 from ...models.convnext import build_model, create_model
@@ -79,7 +80,7 @@ def predict_folder(model: nn.Module, inputs: list[Path], out_dir: str | os.PathL
         try:
             with Image.open(path) as raw:
                 image = raw.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        except UNREADABLE as err:
             results.append(dict(image=str(path), error=f"cannot read ({err})"))
             continue
         probs = segment(model, to_input(image, settings.mean, settings.std).to(device), num_classes=num_classes,
