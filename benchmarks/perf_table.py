@@ -76,23 +76,39 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
-def gemm_rate(device: str, clock, dtype: str = "fp32", rounds: int = 5) -> float:
-    """TFLOP/s of the largest pointwise layer of ConvNeXt-T (stage 1, 96 -> 384 channels at 56x56, batch 32)
-    as a channels_last 1x1 convolution in ``dtype`` (oneDNN on CPUs: AMX for bf16 and int8 where the CPU has
-    it; int8 is PyTorch's quantized oneDNN convolution), best of ``rounds``: the ceiling our rows approach."""
-    x = torch.randn(32, 96, 56, 56, device=device).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(384, 96, 1, 1, device=device)
-    if dtype == "int8":
-        torch.backends.quantized.engine = "onednn"
-        layer = torch.ao.nn.quantized.Conv2d(96, 384, 1)
-        layer.set_weight_bias(torch.quantize_per_tensor(w, 0.01, 0, torch.qint8), None)
-        x = torch.quantize_per_tensor(x.abs(), 0.01, 0, torch.quint8)
-    else:
-        x, w = x.to(DTYPES[dtype]), w.to(DTYPES[dtype])
+# ConvNeXt-T's stages: (width, side at 224 px, blocks); each block's MLP is a (w -> 4w) and a (4w -> w) product.
+TINY_STAGES = ((96, 56, 3), (192, 28, 3), (384, 14, 9), (768, 7, 3))
 
-        def layer(x):
-            return torch.nn.functional.conv2d(x, w)
-    flops = 2 * 32 * 56 * 56 * 96 * 384
+
+def gemm_rate(device: str, clock, dtype: str = "fp32", rounds: int = 5, batch: int = 32) -> float:
+    """TFLOP/s of ConvNeXt-T's pointwise layers at ``batch`` run alone as plain matrix products in ``dtype``
+    (no bias, no GELU, no residual: on CPUs oneDNN/MKL, AMX for bf16 where the CPU has it; int8: PyTorch's
+    quantized oneDNN 1x1 convolution), best of ``rounds`` per layer, summed over the blocks: the ceiling the
+    model's rows approach, since the pointwise layers hold nearly all of its multiply-adds."""
+    flops = seconds = 0.0
+    for width, side, blocks in TINY_STAGES:
+        for c_in, c_out in ((width, 4 * width), (4 * width, width)):
+            pixels = batch * side * side
+            layer, x = _pointwise_layer(device, dtype, pixels, c_in, c_out)
+            flops += blocks * 2 * pixels * c_in * c_out
+            seconds += blocks * _best_time(layer, x, device, clock, rounds)
+    return flops / seconds / 1e12
+
+
+def _pointwise_layer(device: str, dtype: str, pixels: int, c_in: int, c_out: int):
+    """A (pixels, c_in) @ (c_in, c_out) product as the row's dtype runs it, and its input."""
+    x, w = torch.randn(pixels, c_in, device=device), torch.randn(c_out, c_in, device=device)
+    if dtype != "int8":
+        x, w = x.to(DTYPES[dtype]), w.to(DTYPES[dtype])
+        return (lambda x: torch.nn.functional.linear(x, w)), x
+    torch.backends.quantized.engine = "onednn"
+    layer = torch.ao.nn.quantized.Conv2d(c_in, c_out, 1)
+    layer.set_weight_bias(torch.quantize_per_tensor(w[:, :, None, None], 0.01, 0, torch.qint8), None)
+    images = x.abs().view(1, pixels, 1, c_in).permute(0, 3, 1, 2)  # channels_last, as the model's activations
+    return layer, torch.quantize_per_tensor(images, 0.01, 0, torch.quint8)
+
+
+def _best_time(layer, x, device: str, clock, rounds: int) -> float:
     best = float("inf")
     with torch.inference_mode():
         layer(x)
@@ -102,7 +118,7 @@ def gemm_rate(device: str, clock, dtype: str = "fp32", rounds: int = 5) -> float
             if device == "cuda":
                 torch.cuda.synchronize()
             best = min(best, clock() - start)
-    return flops / best / 1e12
+    return best
 
 
 def run_setting(spec: dict) -> dict:
@@ -130,8 +146,9 @@ def markdown(reports: list[tuple[str, dict]]) -> str:
             lines.append(f"| {title} | {'yes' if report['settings']['keep_freed_memory'] else 'no'} | {row['batch']} "
                          f"| {row['impl']} | {speed['median']:.2f} [{speed['min']:.2f} - {speed['max']:.2f}] | "
                          f"{row['tflops']:.3f} | {row['peak_mem_mb']:.0f} | {ratios} |")
-    lines += ["", "Fraction of the GEMM rate of the row's dtype (`gemm_rate`: the largest pointwise layer alone, "
-              "measured in the same process; int8: PyTorch's quantized oneDNN convolution) that our rows reach:", ""]
+    lines += ["", "Fraction of the GEMM rate of the row's dtype (`gemm_rate`: ConvNeXt-T's pointwise layers at batch 32 "
+              "alone as plain matrix products, measured in the same process; int8: PyTorch's quantized oneDNN "
+              "convolution) that our rows reach:", ""]
     for title, report in reports:
         ours = [f"{row['impl']} batch {row['batch']}: {row['tflops'] / report['gemm_tflops']:.0%}"
                 for row in report["results"] if "ratio" in row]

@@ -43,3 +43,31 @@ def test_curves_show_the_lr_and_mark_the_best_epoch(tmp_path, monkeypatch):
     labels = [line.get_label() for line in accuracy.lines]
     assert "top-5" not in labels  # 3 classes: top-5 is always 100%
     assert "best (epoch 2)" in labels and accuracy.get_legend() is not None
+
+
+def test_a_figure_that_cannot_be_written_leaves_the_old_picture_and_no_temporary_file(tmp_path, monkeypatch):
+    """Issue 21: a full disk while drawing (``roadmap --plot``, curves, demos) left a partial or temporary file."""
+    import errno
+
+    import pytest
+    from matplotlib.figure import Figure
+
+    from convnext.errors import UserError
+    from convnext.plots import save_figure
+
+    path = tmp_path / "r.png"
+    path.write_bytes(b"old")
+    fig = Figure()
+    fig.add_subplot().plot([1, 2])
+
+    def full_disk(self, fname, **kwargs):
+        open(fname, "wb").write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    with pytest.raises(UserError, match="disk holding .* is full"):
+        save_figure(fig, path)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["r.png"]
+    monkeypatch.undo()
+    save_figure(fig, tmp_path / "r.svg")
+    assert (tmp_path / "r.svg").read_text().lstrip().startswith("<?xml")

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .files import atomic_write
+
 
 def pyplot():
     import matplotlib
@@ -16,6 +18,16 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: str | Path, dpi: float | None = None) -> Path:
+    """Write ``fig`` to ``path`` (format from its suffix) atomically, then close it: a full disk or a killed
+    process leaves the old picture or none, never half a file or a temporary one."""
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:].lower()))
+    finally:
+        if hasattr(fig, "number"):  # made by pyplot: pyplot keeps it until closed
+            pyplot().close(fig)
 
 
 Panel = tuple[str, str, Sequence[tuple[str, str]]]  # title, y label, (history key, legend label) pairs
@@ -48,8 +60,7 @@ def plot_panels(history: list[dict], x_key: str, x_label: str, panels: Sequence[
         if ax.lines:
             ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_curves(history: list[dict], path: Path, num_classes: int | None = None) -> None:
@@ -83,5 +94,4 @@ def plot_augmented(images: torch.Tensor, targets: torch.Tensor, classes: Sequenc
         ax.set_title(soft_label_text(target, classes), fontsize=7)
     fig.suptitle("what the model is shown: augmented training images and their (soft) labels", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

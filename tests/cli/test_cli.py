@@ -219,3 +219,38 @@ def test_threads_follow_the_idle_cores_unless_given(capsys):
     capsys.readouterr()
     assert main(["info", "convnext_atto", "--threads", "0"]) == 2
     assert capsys.readouterr().err == "convnext info: error: --threads must be at least 1, got 0\n"
+
+
+def test_every_demo_has_one_spelling_and_refuses_options_it_would_not_use(monkeypatch, capsys):
+    """Issue 21: `convnext demo [TASK]` runs each task's demo (the older spellings run the same functions);
+    an option the chosen demo has no use for is one line, never ignored."""
+    from convnext.cli import classify, detect, robustness, segment
+
+    called = {}
+    for module in (classify, segment, detect, robustness):
+        monkeypatch.setattr(module, "run_demo", lambda args, name=module.__name__: called.update({name: args}) or 0)
+    assert main(["demo"]) == 0 and called.popitem()[1].output == "runs/demo"
+    assert main(["demo", "segment", "--iters", "6", "--output", "o"]) == 0
+    name, args = called.popitem()
+    assert name.endswith("segment") and (args.iters, args.output) == (6, "o")
+    assert main(["demo", "detect", "--model", "cascade_mask_rcnn_convnext_tiny"]) == 0
+    assert called.popitem()[1].model == "cascade_mask_rcnn_convnext_tiny"
+    assert main(["demo", "robustness", "--json", "--seed", "3"]) == 0 and called.popitem()[1].seed == 3
+    assert main(["segment", "train", "--demo", "--iters", "6"]) == 0 and called.popitem()[1].iters == 6
+    capsys.readouterr()
+    for argv in (["demo", "--iters", "3"], ["demo", "segment", "--model", "x"], ["demo", "detect", "--seed", "1"],
+                 ["demo", "robustness", "--iters", "3"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "has no use for --" in err and err.count("\n") == 1, argv
+    assert not called
+
+
+def test_the_robustness_demo_fills_the_run_defaults(monkeypatch):
+    from convnext.cli import robustness
+
+    seen = {}
+    monkeypatch.setattr(robustness, "run", lambda args: seen.update(vars(args)) or 0)
+    assert main(["demo", "robustness"]) == 0
+    assert (seen["demo"], seen["seed"], seen["batch_size"], seen["workers"], seen["checkpoint"]) == (True, 0, 64, 0,
+                                                                                                   None)

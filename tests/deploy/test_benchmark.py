@@ -96,8 +96,10 @@ def test_bad_input_is_one_clear_error(capsys, args, message):
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc setting")
 def test_keep_freed_memory_applies_on_glibc():
-    """In a child process: the setting is process-wide and permanent."""
-    code = "import sys; from convnext import keep_freed_memory; sys.exit(0 if keep_freed_memory() is True else 1)"
+    """In a child process: the setting is process-wide and permanent; the fused MLP then runs unsliced."""
+    code = ("import sys; from convnext import keep_freed_memory; from convnext.models import kernels; "
+            "assert kernels.MLP_SLICE_BYTES; sys.exit(0 if keep_freed_memory() is True and kernels.MLP_SLICE_BYTES "
+            "is None else 1)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -146,5 +146,7 @@ def test_cli_table_json_and_plot(tmp_path, capsys):
     with Image.open(png) as img:
         assert img.width > 800 and img.height > 600
     assert main(["roadmap", "--res", "16"]) == 2
-    assert main(["roadmap", "--plot", str(tmp_path / "missing" / "r.png")]) == 2
-    assert "cannot write the plot" in capsys.readouterr().err
+    assert main(["roadmap", "--plot", str(tmp_path / "new" / "r.png")]) == 0  # a missing folder is made
+    assert (tmp_path / "new" / "r.png").is_file()
+    assert main(["roadmap", "--plot", str(tmp_path / "new")]) == 2  # a folder is no picture
+    assert "it is a folder" in capsys.readouterr().err

@@ -111,7 +111,7 @@ def test_dynamic_quantization_of_every_linear_stays_close():
     assert 0 < (got - reference).norm() < 0.05 * reference.norm()
 
 
-@pytest.mark.parametrize("slice_bytes", [2**40, 1])  # the whole batch at once; one image at a time
+@pytest.mark.parametrize("slice_bytes", [None, 2**40, 1])  # one slice (freed memory kept); whole batch; a row
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_mlp_op_passes_torch_library_opcheck(monkeypatch, slice_bytes, dtype):
     monkeypatch.setattr(kernels, "MLP_SLICE_BYTES", slice_bytes)

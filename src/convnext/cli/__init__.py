@@ -1,12 +1,13 @@
 """The ``convnext`` command: the root parser here, what commands share in `common`, one module per command group
-(`models`, `classify`, `deploy`, `segment`, `detect`, `robustness`), each importing only `common`."""
+(`models`, `classify`, `deploy`, `segment`, `detect`, `robustness`), each importing only `common`; `demo` gathers
+the four tasks' demos under one spelling."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from . import classify, deploy, detect, models, robustness, segment
+from . import classify, demo, deploy, detect, models, robustness, segment
 from .common import commands, run, tolerant_output
 
 
@@ -21,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="convnext", description="ConvNeXt models: build, train, evaluate, "
                                      "benchmark and export (A ConvNet for the 2020s).")
     sub = commands(parser, dest="command", metavar="COMMAND")
-    for add in (models.add_models, models.add_info, classify.add_demo, classify.add_train, classify.add_evaluate,
+    for add in (models.add_models, models.add_info, demo.add_demo, classify.add_train, classify.add_evaluate,
                 classify.add_predict, deploy.add_export, models.add_roadmap, deploy.add_benchmark,
                 robustness.add_parser, segment.add_parser, detect.add_parser, deploy.add_quantize):
         add(sub)

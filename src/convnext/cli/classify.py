@@ -1,4 +1,4 @@
-"""`convnext demo`, `train`, `evaluate` and `predict`: image classification."""
+"""`convnext demo` (run by `cli.demo`), `train`, `evaluate` and `predict`: image classification."""
 
 from __future__ import annotations
 
@@ -108,16 +108,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_demo(sub: Commands) -> None:
-    sub.add("demo", _demo_args, help="train a small ConvNeXt on the built-in handwritten digits, then evaluate it")
-
-
-def _demo_args(p: argparse.ArgumentParser) -> None:
-    add_output(p, "run folder (default runs/demo; the demo always starts over)", default="runs/demo")
-    p.set_defaults(func=_demo)
-
-
-def _demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     from ..tasks.classification.config import resolve_config
     from ..tasks.classification.evaluate import evaluate_checkpoint
     from ..tasks.classification.train import train

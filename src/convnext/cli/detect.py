@@ -25,7 +25,8 @@ def _tasks(p: argparse.ArgumentParser) -> None:
               "(DIR/images + DIR/instances_*.json). Without --data: the built-in demo set.")
     tasks.add("evaluate", _evaluate_args, help="COCO box and mask AP of a detector checkpoint")
     tasks.add("predict", _predict_args, help="detect objects in images: drawn pictures and COCO-format results json")
-    tasks.add("demo", _demo_args, help="train a small Mask R-CNN (or Cascade Mask R-CNN beside it) on real "
+    tasks.add("demo", _demo_args, help="same as `convnext demo detect`: train a small Mask R-CNN (or Cascade "
+              "Mask R-CNN beside it) on real "
               "handwritten digits pasted on real photos (minutes on a CPU), score it and draw its predictions")
 
 
@@ -171,13 +172,13 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
                    "are scored side by side)")
     add_output(p, "run folder (default runs/detect-demo, runs/detect-demo-cascade for the cascade)", metavar="DIR")
     p.add_argument("--restart", action="store_true")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=run_demo)
 
 
 DEMO_MODEL = "maskrcnn_convnext_tiny"
 
 
-def _demo(args: argparse.Namespace) -> int:
+def run_demo(args: argparse.Namespace) -> int:
     from ..tasks.detection.demo import COUNTS, draw_demo
     from ..tasks.detection.predict import load_detector
 

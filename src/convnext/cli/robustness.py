@@ -40,21 +40,41 @@ def _args(p: argparse.ArgumentParser) -> None:
                    "it for every model")
     p.add_argument("--baseline-model", metavar="M", help="the baseline's model name (timm:NAME for timm's), when "
                    "its file does not say")
-    p.add_argument("--corruptions", help="comma-separated subset of ImageNet-C corruptions (default: the 15 of "
-                   "mCE; speckle_noise, gaussian_blur, spatter, saturate may be added)")
-    p.add_argument("--severities", help="comma-separated, 1-5 (default all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the on-the-fly corruptions (default 0)")
     add_output(p, "results folder, reused when rerun (default runs/robustness, runs/robustness-demo with --demo)",
                metavar="DIR")
     p.add_argument("--restart", action="store_true", help="ignore results stored in the output folder")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     add_device(p)
+    add_run_options(p)
+    p.set_defaults(**RUN_DEFAULTS)
+    p.add_argument("--demo", action="store_true", help="same as `convnext demo robustness`: train the digits "
+                   "demo's ConvNeXt and ResNet baseline (once), then corrupt the held-out digits")
+    p.set_defaults(func=run)
+
+
+RUN_DEFAULTS = {"seed": 0, "batch_size": 64, "workers": 0}
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """How the scoring runs and what it writes: options `convnext demo robustness` shares. No defaults here
+    (`RUN_DEFAULTS`), so that a demo of another task can tell given from left out."""
+    p.add_argument("--corruptions", help="comma-separated subset of ImageNet-C corruptions (default: the 15 of "
+                   "mCE; speckle_noise, gaussian_blur, spatter, saturate may be added)")
+    p.add_argument("--severities", help="comma-separated, 1-5 (default all)")
+    p.add_argument("--seed", type=int, help="seed of the on-the-fly corruptions (default 0)")
+    p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0)")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     p.add_argument("--plot", metavar="FILE", help="error against severity per corruption (.png, .pdf, .svg)")
-    p.add_argument("--demo", action="store_true", help="train the digits demo's ConvNeXt and ResNet baseline "
-                   "(once), then corrupt the held-out digits")
-    p.set_defaults(func=run)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """`convnext demo robustness`: `run` with the demo's models and no weights or data of the user's."""
+    for dest, value in RUN_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+    args.demo, args.checkpoint, args.pretrained, args.baseline, args.data, args.contender = (True, None, False,
+                                                                                             None, [], [])
+    return run(args)
 
 
 def _list(text: str | None, kind=str, flag: str = "the list") -> list | None:

@@ -56,15 +56,13 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_settings(p, "other settings of convnext.tasks.segmentation.config.SegConfig, e.g. --set crop=640 "
                  "aux_weight=0.4")
     p.add_argument("--restart", action="store_true", help="replace the run in the output folder")
-    p.add_argument("--demo", action="store_true", help="the built-in demo: scenes cut from real photos, a small "
-                   "UperNet trained from scratch on the CPU, then evaluated single- and multi-scale")
+    p.add_argument("--demo", action="store_true", help="same as `convnext demo segment`: scenes cut from real "
+                   "photos, a small UperNet trained from scratch on the CPU, then evaluated single- and multi-scale")
     p.set_defaults(func=_train)
 
 
 def _train(args: argparse.Namespace) -> int:
     if args.demo:
-        from ..tasks.segmentation.demo import run_demo
-
         ignored = [f"--{name.replace('_', '-')}" for name in ("data", "val_data", "recipe", "model", "pretrained",
                                                               "num_classes", "batch_size", "lr", "workers")
                    if getattr(args, name) is not None] + (["--set"] if args.settings else [])
@@ -72,8 +70,7 @@ def _train(args: argparse.Namespace) -> int:
             raise UserError(f"--demo trains the built-in demo as it is (--iters, --output, --device and --restart "
                             f"apply): leave out {', '.join(ignored)}, or train the demo recipe on your data with "
                             "--recipe demo --data DIR")
-        return run_demo(args.output or "runs/segment-demo", restart=args.restart, device=args.device or "cpu",
-                        iters=args.iters)
+        return run_demo(args)
     from ..tasks.segmentation.config import seg_config
     from ..tasks.segmentation.train import train_segmentation
 
@@ -89,6 +86,15 @@ def _train(args: argparse.Namespace) -> int:
     else:
         print(f"done: no validation set, so no best.pt; the trained model is {Path(config.output) / 'last.pt'}")
     return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """`convnext demo segment` (and `segment train --demo`): the built-in demo, with --iters, --output, --device
+    and --restart."""
+    from ..tasks.segmentation.demo import run_demo as run
+
+    return run(args.output or "runs/segment-demo", restart=args.restart, device=args.device or "cpu",
+               iters=args.iters)
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:

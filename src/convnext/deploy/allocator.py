@@ -12,6 +12,8 @@ import ctypes
 import ctypes.util
 import platform
 
+from ..models import kernels
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 1 << 30  # only allocations above 1 GiB still get their own mapping
@@ -27,4 +29,7 @@ def keep_freed_memory() -> bool:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     # A trim threshold of -1 reads as SIZE_MAX in glibc: never give the top of the heap back.
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, -1))
+    kept = bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and libc.mallopt(_M_TRIM_THRESHOLD, -1))
+    if kept:  # big buffers are now reused: the fused MLP need not slice the batch to stay under the threshold
+        kernels.MLP_SLICE_BYTES = None
+    return kept

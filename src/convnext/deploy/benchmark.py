@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import UserError
 from ..models.complexity import model_info
 from ..models.convnext import ConvNeXt, build_model, check_resolution
+from ..plots import save_figure
 from ..weights import data_config
 
 PEERS = ("hf", "timm", "torchvision")
@@ -520,4 +521,4 @@ def plot_throughput(report: dict, path: str | os.PathLike) -> None:
     ax.set_title(f"ConvNeXt throughput, {s['dtype']}, {_where(m)}, torch {m['torch']}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path)
+    save_figure(fig, path)

@@ -6,11 +6,12 @@
   depthwise filters, and whose bias gradient is a plain sum.
 - ``convnext::pointwise_mlp``, a ``torch.library`` custom op with a fake kernel (FakeTensor, ``torch.export``,
   ``torch.compile``) and a vmap rule: the block's 1x1 convolution, exact GELU, second 1x1 convolution and
-  residual add. On CPUs (float32 and bf16) the GELU and the add run inside oneDNN's convolutions as post-ops
-  (``torch.ops.mkldnn._convolution_pointwise``, private ops: tested with the torch range pinned in
-  pyproject.toml; where they are missing the op runs the plain ATen ops). Inference only (no autograd
-  formula): `convnext.models.fuse` uses it; `DECOMPOSITIONS` turns it back into plain ATen ops for graph
-  formats (ONNX, ``.pt2``) that should not depend on this package.
+  residual add. On CPUs (float32 and bf16) the two 1x1 convolutions run as oneDNN matrix products over the pixels
+  of the channels_last tensor with the GELU and the add as post-ops (``torch.ops.mkldnn._linear_pointwise``, whose
+  matmul primitive beats oneDNN's 1x1 convolution on these shapes: see ``benchmarks/perf_table.py``). Private
+  ops, tested with the torch range pinned in pyproject.toml; where they are missing the op runs the plain ATen
+  ops. Inference only (no autograd formula): `convnext.models.fuse` uses it; `DECOMPOSITIONS` turns it back into
+  plain ATen ops for graph formats (ONNX, ``.pt2``) that should not depend on this package.
 
 Neither branches on how it is being traced: tools see either a plain forward or one well-described op.
 """
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.flop_counter import register_flop_formula
 
-_ONEDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+_ONEDNN_POINTWISE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -85,9 +86,11 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
 
 # -- the block's pointwise MLP (inference) -----------------------------------------------------------------
 
-# Hidden activations (4x the block's width) per slice of the batch. Slicing a large batch lets glibc hand the
-# same few buffers back from its cache instead of mapping fresh pages for every whole-batch hidden tensor.
-MLP_SLICE_BYTES = 16 * 2**20
+# Hidden activations (4x the block's width) per slice of the pixels. Slicing a large batch lets glibc hand the
+# same few buffers back from its cache instead of mapping fresh pages for every whole-batch hidden tensor; None
+# (set by `convnext.deploy.allocator.keep_freed_memory`, after which glibc reuses freed memory of any size): one
+# slice, which spares the copy of each slice's output into the whole.
+MLP_SLICE_BYTES: int | None = 16 * 2**20
 _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
@@ -120,25 +123,28 @@ def pointwise_mlp(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | 
                   bias2: Tensor | None) -> Tensor:
     """``shortcut + conv2d(gelu(conv2d(x, weight1, bias1)), weight2, bias2)`` for (out, in, 1, 1) weights.
 
-    On CPUs (float32, bf16) the GELU and the residual add run inside oneDNN's convolutions as post-ops, a few
-    images at a time (``MLP_SLICE_BYTES`` of hidden activations per slice).
+    On CPUs (float32, bf16) each 1x1 convolution is one oneDNN matrix product over the pixels (rows) of the
+    channels_last tensor, the GELU and the residual add its post-ops, ``MLP_SLICE_BYTES`` of hidden activations
+    at a time.
     """
     if not _runs_on_onednn(x, shortcut, weight1):
         return pointwise_mlp_reference(x, shortcut, weight1, bias1, weight2, bias2).contiguous(
             memory_format=_memory_format(shortcut))
-    hidden_bytes = x.shape[2] * x.shape[3] * weight1.shape[0] * x.element_size()
-    step = max(1, MLP_SLICE_BYTES // max(hidden_bytes, 1))
-    onednn, same = torch.ops.mkldnn, ([0, 0], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
-    if step >= x.shape[0]:  # one slice: the add writes a new tensor, no copy of the shortcut first
-        hidden = onednn._convolution_pointwise(x, weight1, bias1, *same, "gelu", [None], "none")
-        return onednn._convolution_pointwise.binary(hidden, shortcut, weight2, bias2, *same, "add", None, None, [],
-                                                    None)
-    out = shortcut.clone(memory_format=torch.channels_last)
-    for start in range(0, x.shape[0], step):
-        hidden = onednn._convolution_pointwise(x[start:start + step], weight1, bias1, *same, "gelu", [None], "none")
-        onednn._convolution_pointwise_.binary(out[start:start + step], hidden, weight2, bias2, *same, "add", None,
-                                              None, [], None)
-    return out
+    n, channels, height, width = shortcut.shape
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # views of channels_last memory: no copies
+    residual = shortcut.permute(0, 2, 3, 1).reshape(-1, channels)
+    w1, w2 = weight1.flatten(1), weight2.flatten(1)
+    rows = pixels.shape[0] if MLP_SLICE_BYTES is None else max(1, MLP_SLICE_BYTES // (w1.shape[0] * x.element_size()))
+    linear = torch.ops.mkldnn._linear_pointwise
+    if rows >= pixels.shape[0]:  # one slice: the add writes the output, no copy of the shortcut first
+        out = linear.binary(linear(pixels, w1, bias1, "gelu", [], "none"), residual, w2, bias2, "add")
+    else:
+        out = torch.empty_like(residual)
+        for start in range(0, pixels.shape[0], rows):
+            part = slice(start, start + rows)
+            out[part] = linear.binary(linear(pixels[part], w1, bias1, "gelu", [], "none"), residual[part], w2,
+                                      bias2, "add")
+    return out.view(n, height, width, channels).permute(0, 3, 1, 2)
 
 
 @pointwise_mlp.register_fake

@@ -352,7 +352,9 @@ def plot_roadmap(rows: list[dict], path: str | os.PathLike) -> None:
     handles.append(Patch(color=_GROUP_COLORS[_KERNEL], alpha=0.4, label="tried, not kept"))
     ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=1, edgecolor="white")
     ax.spines[["top", "right"]].set_visible(False)
+    from ..plots import save_figure
+
     try:
-        fig.savefig(path)
+        save_figure(fig, path)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot write the plot to {path}: {err}") from None

@@ -136,8 +136,7 @@ def draw_demo(run_dir: Path, model: nn.Module, classes: list[str], count: int = 
     from torchvision.utils import draw_bounding_boxes
 
     from ...data.images import load_image, to_tensor
-    from ...files import atomic_write
-    from ...plots import pyplot
+    from ...plots import pyplot, save_figure
     from .data import CocoData
     from .predict import detect, draw
 
@@ -161,8 +160,7 @@ def draw_demo(run_dir: Path, model: nn.Module, classes: list[str], count: int = 
                  "ground truth in white", fontsize=8)
     fig.tight_layout()
     out = run_dir / "predictions.png"
-    atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)
     return out
 
 

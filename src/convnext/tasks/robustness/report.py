@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from ...files import atomic_write, atomic_write_text
+from ...files import atomic_write_text
+from ...plots import save_figure
 from .corruptions import COMMON, EXTRA
 from .metrics import corruption_errors, error_by_severity, mean_ce, mean_error
 from .suites import CBAR, SUITE_NAMES
@@ -162,5 +163,4 @@ def plot_severity(summary: dict, path: str | os.PathLike, suite: str = "c") -> N
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{SUITE_NAMES[suite]}: error against severity (0 = clean)")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format=Path(path).suffix[1:]))
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -127,8 +127,7 @@ def run_demo(output: str | os.PathLike = "runs/segment-demo", *, restart: bool =
 
 def plot_demo_predictions(model, source, settings, path: Path, count: int = 6) -> None:
     """Validation scenes, their true masks and the model's predictions, side by side."""
-    from ...files import atomic_write
-    from ...plots import pyplot
+    from ...plots import pyplot, save_figure
     from .data import read_pair
     from .evaluate import to_input
     from .inference import segment
@@ -149,5 +148,4 @@ def plot_demo_predictions(model, source, settings, path: Path, count: int = 6) -
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[i] / 255) for i in range(len(CLASSES))]
     fig.legend(handles, CLASSES, loc="lower center", ncol=len(CLASSES), fontsize=8)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
