@@ -34,6 +34,9 @@ CPU_SETTINGS = {
     # bf16 inference: every PyTorch model with its weights cast to bf16 (what a deploying user does)
     "inference bf16": dict(batches=[1, 32], train=False, dtype="bf16"),
     "training bf16": dict(batches=[16], train=True, dtype="bf16"),
+    # Every PyTorch model through torch.compile (Inductor, weights frozen into the graph): each one's other mode.
+    "inference fp32 compiled": dict(batches=[32], train=False, dtype="fp32", compile_mode="default", freezing=True),
+    "inference bf16 compiled": dict(batches=[32], train=False, dtype="bf16", compile_mode="default", freezing=True),
     # Our INT8 model (`convnext quantize`) against our float32 eager model and OpenVINO's / ONNX Runtime's INT8.
     "inference int8": dict(batches=[32], train=False, dtype="int8"),
     # One thread, timed by the CPU time it used: what a shared machine's other load cannot inflate.
@@ -70,6 +73,9 @@ def child(args: argparse.Namespace) -> None:
     kept = keep_freed_memory() if spec.pop("keep_freed_memory") else False
     clock = getattr(time, spec.pop("clock", "perf_counter"))
     torch.backends.cuda.matmul.allow_tf32 = spec.pop("tf32", False)
+    import torch._inductor.config as inductor
+
+    inductor.freezing = spec.pop("freezing", False)  # CPU inference: weights as constants, prepacked for oneDNN
     report = run_benchmark([spec.pop("model")], **spec, extra_peers={"official": official_layout}, clock=clock)
     report["settings"]["keep_freed_memory"] = kept
     report["gemm_tflops"] = gemm_rate(spec.get("device", "cpu"), clock, report["settings"]["dtype"])

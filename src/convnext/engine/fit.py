@@ -211,3 +211,14 @@ def _periods(run: Run, net: torch.nn.Module) -> None:
             count = len(state.bad_images)
             examples = "; ".join(task.describe(i) for i in sorted(state.bad_images)[:3])
             run.say(f"skipped {count} unusable training sample{'s' * (count != 1)} so far, e.g. {examples}")
+            _check_mostly_readable(task, count, examples)
+
+
+def _check_mostly_readable(task: Task, unusable: int, examples: str) -> None:
+    """Stop a run whose training set is mostly unusable: each bad sample is replaced by the next good one, so
+    such a run would train on a few images over and over while looking healthy."""
+    loader = getattr(task, "loader", None)
+    size = len(loader.dataset) if loader is not None else 0
+    if size and 2 * unusable > size:
+        raise UserError(f"{unusable} of the {size} training samples could not be used (e.g. {examples}): fix or "
+                        "remove them, then rerun")

@@ -188,6 +188,18 @@ def test_corrupt_images_are_skipped_counted_and_reported(tmp_path):
     assert summary["final"]["val_top1"] is not None
 
 
+@pytest.mark.parametrize(("readable", "message"), [(3, r"5 of the 8 training samples could not be used \(e\.g\. "),
+                                                  (0, "no image of the training set could be read")])
+def test_a_mostly_unreadable_training_set_stops_the_run_in_one_line(tmp_path, readable, message):
+    """Issue 21: each unreadable image is replaced by the next readable one, so a set of mostly broken files
+    trained on its few good images over and over while the run looked healthy."""
+    data = make_folder(tmp_path / "data", per_class=4)
+    for i, image in enumerate(sorted((data / "train").glob("*/*.png"))[readable:]):
+        image.write_bytes(b"garbage" * i)
+    with pytest.raises(UserError, match=message):
+        train(config(tmp_path, "epochs=2", "batch_size=2", "workers=2", data=str(data)), log=lambda text: None)
+
+
 def test_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_path):
     data = make_folder(tmp_path / "data", per_class=16)
     common = ["--data", str(data), "--recipe", "demo", "--set", TINY, "--epochs", "2", "--workers", "0"]
