@@ -152,9 +152,9 @@ def markdown(reports: list[tuple[str, dict]]) -> str:
             lines.append(f"| {title} | {'yes' if report['settings']['keep_freed_memory'] else 'no'} | {row['batch']} "
                          f"| {row['impl']} | {speed['median']:.2f} [{speed['min']:.2f} - {speed['max']:.2f}] | "
                          f"{row['tflops']:.3f} | {row['peak_mem_mb']:.0f} | {ratios} |")
-    lines += ["", "Fraction of the GEMM rate of the row's dtype (`gemm_rate`: ConvNeXt-T's pointwise layers at batch 32 "
-              "alone as plain matrix products, measured in the same process; int8: PyTorch's quantized oneDNN "
-              "convolution) that our rows reach:", ""]
+    lines += ["", "Fraction of the GEMM rate of the row's dtype (`gemm_rate`: ConvNeXt-T's pointwise layers at "
+              "batch 32 alone as plain matrix products, measured in the same process; int8: PyTorch's quantized "
+              "oneDNN convolution) that our rows reach:", ""]
     for title, report in reports:
         ours = [f"{row['impl']} batch {row['batch']}: {row['tflops'] / report['gemm_tflops']:.0%}"
                 for row in report["results"] if "ratio" in row]

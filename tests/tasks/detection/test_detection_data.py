@@ -124,6 +124,21 @@ def test_bad_single_annotations_are_dropped_and_counted(coco_set, tmp_path):
     assert {a["id"] for a in data.coco.dataset["annotations"]}.isdisjoint({1001, 1002, 1003, 1004, 1005})
 
 
+def test_an_area_that_is_no_finite_number_becomes_the_box_area_and_is_counted(coco_set, tmp_path):
+    """Issue 21: an area of Infinity (json allows it) put an object outside every COCOeval size range."""
+    def edit(data):
+        data["annotations"] += [_annotation(1, [1, 1, 9, 9], ann_id=1001, area=float("inf")),
+                                _annotation(1, [1, 1, 8, 8], ann_id=1002, area="big"),
+                                _annotation(1, [1, 1, 7, 7], ann_id=1003, area=-5),
+                                _annotation(1, [1, 1, 6, 6], ann_id=1004, area=30.5),
+                                _annotation(1, [1, 1, 5, 5], ann_id=1005)]
+
+    data = CocoData(_edited(coco_set, tmp_path, edit), train=True)
+    areas = {a["id"]: a["area"] for a in data.coco.dataset["annotations"] if a["id"] > 1000}
+    assert areas == {1001: 81, 1002: 64, 1003: 49, 1004: 30.5, 1005: 25}
+    assert any("3 annotations whose area is no finite number" in line for line in data.notes())
+
+
 def test_the_cli_says_one_line_for_a_broken_json(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "instances_x.json").write_text("{oops")

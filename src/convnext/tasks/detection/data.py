@@ -46,6 +46,7 @@ class Cleaning:
     missing_files: list[str] = field(default_factory=list)
     no_segmentation: int = 0
     bad_mask: int = 0
+    bad_area: int = 0
 
     def lines(self) -> list[str]:
         out = []
@@ -67,6 +68,9 @@ class Cleaning:
                        "their image's size, or whose iscrowd is not 0/1: dropped")
         if self.no_segmentation:
             out.append(f"{self.no_segmentation} annotations without a segmentation: their box is their mask")
+        if self.bad_area:
+            out.append(f"{self.bad_area} annotations whose area is no finite number >= 0: their box's area used "
+                       "(COCOeval sorts objects into small/medium/large by it)")
         return out
 
 
@@ -203,12 +207,15 @@ def _usable(ann: dict, sizes: dict, listed: set, categories: set, report: Cleani
     if not _usable_mask(ann.get("segmentation"), width, height) or ann.get("iscrowd", 0) not in (0, 1):
         report.bad_mask += 1
         return None
-    ann = {**ann, "bbox": box, "iscrowd": int(ann.get("iscrowd", 0))}
+    area = ann.get("area")
+    if not (isinstance(area, int | float) and not isinstance(area, bool) and math.isfinite(area) and area >= 0):
+        report.bad_area += "area" in ann
+        area = box[2] * box[3]
+    ann = {**ann, "bbox": box, "iscrowd": int(ann.get("iscrowd", 0)), "area": area}
     if not ann.get("segmentation"):
         report.no_segmentation += 1
         x, y, w, h = box
         ann["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
-    ann.setdefault("area", box[2] * box[3])
     return ann
 
 
