@@ -224,11 +224,12 @@ def test_threads_follow_the_idle_cores_unless_given(capsys):
 def test_every_demo_has_one_spelling_and_refuses_options_it_would_not_use(monkeypatch, capsys):
     """Issue 21: `convnext demo [TASK]` runs each task's demo (the older spellings run the same functions);
     an option the chosen demo has no use for is one line, never ignored."""
-    from convnext.cli import classify, detect, robustness, segment
+    from convnext.cli import demo, segment
 
     called = {}
-    for module in (classify, segment, detect, robustness):
-        monkeypatch.setattr(module, "run_demo", lambda args, name=module.__name__: called.update({name: args}) or 0)
+    for name in ("classify", "segment", "detect", "robustness"):
+        monkeypatch.setattr(demo, f"run_{name}_demo", lambda args, name=name: called.update({name: args}) or 0)
+    monkeypatch.setattr(segment, "run_demo", lambda args: called.update({"segment": args}) or 0)  # the old spelling
     assert main(["demo"]) == 0 and called.popitem()[1].output == "runs/demo"
     assert main(["demo", "segment", "--iters", "6", "--output", "o"]) == 0
     name, args = called.popitem()
@@ -250,7 +251,7 @@ def test_the_robustness_demo_fills_the_run_defaults(monkeypatch):
     from convnext.cli import robustness
 
     seen = {}
-    monkeypatch.setattr(robustness, "run", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(robustness, "run", lambda args: seen.update(vars(args)) or 0)  # run_demo fills, then runs
     assert main(["demo", "robustness"]) == 0
     assert (seen["demo"], seen["seed"], seen["batch_size"], seen["workers"], seen["checkpoint"]) == (True, 0, 64, 0,
                                                                                                    None)

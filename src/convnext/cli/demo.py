@@ -11,8 +11,13 @@ import argparse
 import textwrap
 
 from ..errors import UserError
-from . import classify, detect, robustness, segment
+from .classify import run_demo as run_classify_demo
 from .common import Commands, add_device, add_output
+from .detect import DEMO_MODEL
+from .detect import run_demo as run_detect_demo
+from .robustness import add_run_options
+from .robustness import run_demo as run_robustness_demo
+from .segment import run_demo as run_segment_demo
 
 # The options each demo reads (dests); the rest of the parser's options are refused for it.
 DEMO_OPTIONS = {
@@ -52,8 +57,8 @@ def _args(p: argparse.ArgumentParser) -> None:
                    "(segment, detect, robustness; classify always starts over)")
     p.add_argument("--iters", type=int, help="segment: training iterations (default: the demo's 400)")
     add_device(p, "segment, robustness: cpu, cuda, ... (default cpu for segment)")
-    p.add_argument("--model", help=f"detect: {detect.DEMO_MODEL} (default) or cascade_mask_rcnn_convnext_tiny")
-    robustness.add_run_options(p)
+    p.add_argument("--model", help=f"detect: {DEMO_MODEL} (default) or cascade_mask_rcnn_convnext_tiny")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 
@@ -66,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"the {args.task} demo has no use for {flags} (its options: {_flags(args.task)})")
     if args.task == "classify":
         args.output = args.output or "runs/demo"
-        return classify.run_demo(args)
+        return run_classify_demo(args)
     if args.task == "segment":
-        return segment.run_demo(args)
+        return run_segment_demo(args)
     if args.task == "detect":
-        args.model = args.model or detect.DEMO_MODEL
-        return detect.run_demo(args)
-    return robustness.run_demo(args)
+        args.model = args.model or DEMO_MODEL
+        return run_detect_demo(args)
+    return run_robustness_demo(args)
