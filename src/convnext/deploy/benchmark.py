@@ -398,6 +398,16 @@ def _check_settings(res: int, rounds: int, warmup: int, dtype: str, train: bool,
     return device
 
 
+def _runtimes(name: str, peers: Sequence[str], excluded: bool, skipped: dict[str, str]) -> list[str]:
+    """The ONNX runtimes among ``peers``: they run our exported graph, so CPU inference only (else ``excluded``,
+    each noted in ``skipped``)."""
+    runtimes = [r for r in peers if r in RUNTIME_BUILDERS]
+    if excluded:
+        skipped |= {f"{name}/{r}": "runs our ONNX graph: CPU inference only" for r in runtimes}
+        return []
+    return runtimes
+
+
 def run_benchmark(
     models: Sequence[str],
     *,
@@ -438,10 +448,8 @@ def run_benchmark(
     for name in models:
         info = model_info(_meta(name), res)
         flops_per_image = 2 * info["gmacs"] * 1e9 * (3 if train else 1)
-        runtimes = [r for r in peers if r in RUNTIME_BUILDERS]
-        if runtimes and (train or device.type != "cpu" or dtype == "fp16" or compile_mode):
-            report["skipped"] |= {f"{name}/{r}": "runs our ONNX graph: CPU inference only" for r in runtimes}
-            runtimes = []
+        runtimes = _runtimes(name, peers, train or device.type != "cpu" or dtype == "fp16" or bool(compile_mode),
+                             report["skipped"])
         built = _contenders(name, [p for p in peers if p in PEER_BUILDERS], extra_peers or {}, train, runtimes, res,
                             dtype, report["skipped"], int8_file)
         contenders = {impl: m if impl in RUNTIME_BUILDERS or impl == "convnext-int8"
