@@ -80,6 +80,23 @@ def test_onnx_of_the_unfused_model(model, tmp_path):
     assert report["layer_norm_nodes"] == 17 and report["decomposed_norm_ops"] == 0
 
 
+def test_norms_over_channels_give_the_same_logits_without_transposes(model, tmp_path):
+    """The graph `convnext quantize` hands OpenVINO: LayerNorms as channel-axis reductions, same logits."""
+    import onnx
+    import onnxruntime
+
+    fused = model.fuse_for_inference()
+    path = export.export_onnx(fused, tmp_path / "channels.onnx", res=RES, norms_over_channels=True)
+    ops = Counter(node.op_type for node in onnx.load(path).graph.node)
+    assert ops["Transpose"] == 0 and ops["LayerNormalization"] == 1  # the head's, on pooled features
+    assert ops["ReduceMean"] == 2 * 16 + 1  # mean and variance of each LayerNorm2d; the pooling
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"images": batch(3).numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(batch(3)).numpy(), atol=1e-4, rtol=0)
+    assert not any(m.over_channels for m in fused.modules() if hasattr(m, "over_channels"))  # left as it was
+
+
 def test_onnx_needs_opset_18_and_its_packages(model, tmp_path, monkeypatch):
     # 17 has LayerNormalization, but torch's exporter falls back to 18 for it (the attacker trial's "says 17,
     # writes 18"): refused in one line rather than written as another opset than asked

@@ -33,7 +33,7 @@ from ..files import atomic_path
 from ..models.convnext import check_input, check_resolution
 from ..models.fuse import portable
 from ..models.kernels import DECOMPOSITIONS
-from ..models.layers import as_plain_convs
+from ..models.layers import LayerNorm2d, as_plain_convs
 from ..protocol import FromRun, Preprocessed, model_name
 from ..tasks.loading import load_model
 from ..weights import data_config, save_weights
@@ -124,9 +124,11 @@ def save_program(model: nn.Module, path: str | os.PathLike, *, res: int | None =
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, *, res: int | None = None,
-                opset: int = ONNX_OPSET) -> Path:
-    """ONNX with native LayerNormalization, a dynamic ``batch`` axis, input ``images`` and output ``logits``;
-    :func:`export_metadata` goes into the model's metadata_props. One file (our largest model is < 2 GB)."""
+                opset: int = ONNX_OPSET, norms_over_channels: bool = False) -> Path:
+    """ONNX with a dynamic ``batch`` axis, input ``images`` and output ``logits``; :func:`export_metadata` goes
+    into the model's metadata_props. One file (our largest model is < 2 GB). Each LayerNorm is a native
+    LayerNormalization between two transposes, or with ``norms_over_channels`` reductions over the channel axis
+    (no transposes: what OpenVINO runs fastest, see `LayerNorm2d`)."""
     _require("ONNX export", "onnx", "onnxscript")
     import onnx
 
@@ -135,7 +137,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, res: int | None = 
                         f"{onnx.defs.onnx_opset_version()} (the newest onnx {onnx.__version__} knows), got {opset}")
     with warnings.catch_warnings(), _quiet("torch.onnx"), _quiet("onnxscript"):
         warnings.simplefilter("ignore", FutureWarning)  # torch-internal pytree deprecations, not ours
-        program = torch.onnx.export(export_program(model, res=res), dynamo=True, opset_version=opset,
+        program = torch.onnx.export(_program(model, res, norms_over_channels), dynamo=True, opset_version=opset,
                                     input_names=["images"], output_names=["logits"], verbose=False)
     written = program.model.opset_imports.get("", opset)
     if written != opset:  # the exporter's version converter gave up and kept its own opset
@@ -147,6 +149,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, res: int | None = 
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
     return Path(path)
+
+
+def _program(model: nn.Module, res: int | None, norms_over_channels: bool) -> torch.export.ExportedProgram:
+    """`export_program` with the LayerNorms in the form asked for; ``model`` is left as it was."""
+    norms = [m for m in model.modules() if isinstance(m, LayerNorm2d)]
+    for norm in norms:
+        norm.over_channels = norms_over_channels
+    try:
+        return export_program(model, res=res)
+    finally:
+        for norm in norms:
+            norm.over_channels = False
 
 
 def _require(purpose: str, *modules: str) -> None:

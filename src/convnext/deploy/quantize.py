@@ -81,7 +81,9 @@ def quantize(model: nn.Module, calibration: torch.Tensor, *, backend: str = "ope
     model = model.eval()
     res = calibration.shape[-1]
     with tempfile.TemporaryDirectory(prefix="convnext-int8-") as tmp:
-        onnx_path = export_onnx(model.fuse_for_inference(), Path(tmp) / "model.onnx", res=res)
+        # LayerNorms as channel-axis reductions: OpenVINO's INT8 graph then has no transposes around them
+        onnx_path = export_onnx(model.fuse_for_inference(), Path(tmp) / "model.onnx", res=res,
+                                norms_over_channels=True)
         ov_model = openvino.convert_model(onnx_path)
     batches = [b.numpy() for b in calibration.split(batch_size)]
     ignored = nncf.IgnoredScope(names=_ignored_head(ov_model)) if keep_head_float else None

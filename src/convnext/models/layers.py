@@ -18,10 +18,23 @@ from .kernels import DepthwiseConv2dFunction
 class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of each pixel of an NCHW tensor (the paper's "channels_first" LN).
 
-    On channels_last memory both permutes are free views, so this is one native layer_norm call.
+    On channels_last memory both permutes are free views, so this is one native layer_norm call. With
+    ``over_channels`` set (by `convnext.deploy.export` for OpenVINO-bound graphs) the same normalisation is
+    written as reductions over axis 1 instead: a graph runtime with its own blocked layouts then has no
+    transposes to make around every LayerNorm.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.over_channels = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.over_channels:
+            centred = x - x.mean(1, keepdim=True)  # the pattern OpenVINO fuses into one MVN across channels
+            y = centred / torch.sqrt(centred.pow(2).mean(1, keepdim=True) + self.eps)
+            if self.weight is not None and self.bias is not None:
+                y = y * self.weight[:, None, None] + self.bias[:, None, None]
+            return y
         x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)
 
