@@ -77,7 +77,7 @@ def test_predict_runs_the_int8_file(setup, capsys):
         capsys.readouterr()
     assert main(["predict", "--checkpoint", str(setup["out"]), str(setup["val"] / "3"), "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
-    assert results["model"] == "convnext_atto"
+    assert results["model"] == "convnext_atto" and results["dtype"] == "int8"  # not the fp32 default
     assert len(results["results"]) == len(list((setup["val"] / "3").iterdir()))  # every held-out 3
     assert all(len(r["predictions"]) == 5 for r in results["results"])
     _one_line_error(capsys, ["predict", "--checkpoint", str(setup["out"]), str(setup["val"] / "3"), "--dtype", "bf16"],

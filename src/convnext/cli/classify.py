@@ -148,6 +148,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 def _predict(args: argparse.Namespace) -> int:
     from ..tasks.classification.predict import class_labels, find_images
     from ..tasks.loading import load_model
+    from ..weights.int8 import QuantizedModel
 
     if args.topk < 1 or args.batch_size < 1:
         raise UserError(f"--topk and --batch-size must be at least 1, got {args.topk} and {args.batch_size}")
@@ -158,17 +159,18 @@ def _predict(args: argparse.Namespace) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained).fuse_for_inference(dtype)
     model.to(device)
+    precision = "int8" if isinstance(model, QuantizedModel) else args.dtype  # an INT8 file runs as it was made
     cfg = model.pretrained_cfg
     labels = class_labels(model.num_classes, args.classes, cfg.get("label_names"), cfg.get("label_set"))
     weights = args.checkpoint or f"pretrained {cfg.get('tag', args.pretrained)}"
     if not args.json:
         print(f"{model.model_name} ({weights}) | {cfg['input_size'][-1]}px, crop {cfg['crop_pct']}, "
-              f"{cfg['interpolation']} | {device}, {args.dtype} | {len(files)} file{'s' * (len(files) != 1)}\n")
+              f"{cfg['interpolation']} | {device}, {precision} | {len(files)} file{'s' * (len(files) != 1)}\n")
     results, errors = _predictions(model, files, labels, args)
     if args.json:
         preprocessing = {k: v for k, v in cfg.items() if k != "label_names"}
         print(json.dumps(dict(model=model.model_name, weights=str(weights), num_classes=model.num_classes,
-                              device=str(device), dtype=args.dtype, preprocessing=preprocessing, results=results,
+                              device=str(device), dtype=precision, preprocessing=preprocessing, results=results,
                               errors=errors), indent=2))
     if errors:
         print(f"convnext predict: {len(errors)} of {len(files)} files could not be read", file=sys.stderr)

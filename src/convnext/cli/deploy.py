@@ -22,7 +22,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
     add_weights(p)
     p.add_argument("--format", required=True, choices=export.FORMATS,
-                   help="onnx (opset >= 17, native LayerNormalization), torchscript, pt2 (torch.export) or "
+                   help="onnx (opset >= 18, native LayerNormalization), torchscript, pt2 (torch.export) or "
                    "safetensors (weights + metadata)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write (atomically)")
     p.add_argument("--res", type=int, help="input resolution of the exported graph (default: the weights')")
@@ -89,7 +89,8 @@ def _benchmark_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--res", help="input resolution (default 224); with --table 12, 224 and/or 384, comma-separated "
                    "(default 224 on CPU, both on CUDA)")
     p.add_argument("--dtype", choices=list(benchmark.DTYPES),
-                   help="fp32, bf16/fp16 autocast, or int8 (our INT8 model; default fp32)")
+                   help="fp32; bf16/fp16 (inference: every model's weights and input cast; training: autocast); or "
+                   "int8 (our INT8 model; default fp32)")
     p.add_argument("--int8-model", metavar="FILE.xml", help="with --dtype int8: time this `convnext quantize` "
                    "file (default: --model quantized on random images)")
     p.add_argument("--channels-last", action="store_true",

@@ -64,12 +64,14 @@ def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: 
     config = task.config
     cap_workers(config, say)
     saved = folder.resume_state() if resume else None
-    if saved is not None:
-        for note in keep_run_settings(saved["config"], config):
-            say(f"resume: {note}")
-    schedule = task.prepare(rt, say)
-    if saved is not None:
+    if saved is None:
+        schedule = task.prepare(rt, say)
+    else:  # what the run would do is said once it may resume: a refused resume says only why
+        lines = [f"resume: {note}" for note in keep_run_settings(saved["config"], config)]
+        schedule = task.prepare(rt, lines.append)
         check_resumable(saved, folder.last, config, task.classes)
+        for line in lines:
+            say(line)
     state, net = build_state(task, rt, fresh=saved is None, say=say)
     seed_process(config.seed, rt.rank)
     if restore_or_start_over(state, saved, folder, rt, resume=resume):

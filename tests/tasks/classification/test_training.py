@@ -272,8 +272,10 @@ def test_a_resume_continues_the_same_run_or_refuses(tmp_path):
     run = tmp_path / "run"
     before = (run / "last.pt").read_bytes()
     # a changed lr was printed and then ignored: now it is refused, naming the way to start over
+    said = []
     with pytest.raises(UserError, match=r"other settings \(lr 0.004 -> 0.002\).*--restart"):
-        train(config(tmp_path, "epochs=1", "batch_size=8", "save_every=1", data=str(data), lr=0.002))
+        train(config(tmp_path, "epochs=1", "batch_size=8", "save_every=1", data=str(data), lr=0.002), log=said.append)
+    assert not any("lr" in line for line in said)  # nothing said as if the run went ahead with the new value
     other = make_folder(tmp_path / "other", per_class=8, classes=("a", "b", "c"))
     with pytest.raises(UserError, match="holds a run on other classes.*--restart"):
         train(config(tmp_path, "epochs=1", "batch_size=8", "save_every=1", data=str(other)))
