@@ -149,11 +149,7 @@ def _free(folder: Path) -> int | None:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path to write; when the block succeeds it becomes ``path`` (synced, umask permissions),
     when it fails it is removed and ``path`` keeps its old content."""
-    path = Path(path)
-    if len(path.name.encode()) > NAME_MAX:
-        raise write_problem(path, OSError(errno.ENAMETOOLONG, "File name too long"))
-    if path.is_dir():
-        raise UserError(f"cannot write {path}: it is a folder; name a file")
+    path = check_output_file(path)
     make_folder(path.parent)
     remove_dead_temps(path)
     tmp = temp_path(path)
@@ -173,6 +169,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a file a writer may replace: one line when its name is too long for the file system, or when
+    a folder, device, pipe or socket is in its place (a rename would replace a device node)."""
+    path = Path(path)
+    if any(len(part.encode()) > NAME_MAX for part in path.parts):
+        raise write_problem(path, OSError(errno.ENAMETOOLONG, "File name too long"))
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; name a file")
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot write {path}: it is not a regular file; name a file")
+    return path
 
 
 def make_folder(folder: Path) -> None:

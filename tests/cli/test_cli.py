@@ -158,6 +158,37 @@ def test_one_device_parser():
     assert parse_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(UserError, match="invalid --device 'gpu0'"):
         parse_device("gpu0")
+    for name in ("meta", "mps", "xla", "cpu:5"):  # they parse, but nothing here runs on them (attacker trial)
+        with pytest.raises(UserError, match=f"--device {name}: runs use cpu or cuda"):
+            parse_device(name)
+
+
+def test_runs_refuse_devices_they_cannot_run_on_before_making_a_folder(tmp_path, capsys):
+    folder = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path), "--device", "meta", "--output", str(folder)]) == 2
+    assert "runs use cpu or cuda" in capsys.readouterr().err and not folder.exists()
+
+
+def test_the_demo_replaces_only_an_earlier_demo_run(tmp_path, capsys):
+    """Attacker trial: `convnext demo --output DIR` wiped whatever run DIR held."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"recipe": "in1k", "data": "/data"}')
+    (folder / "last.pt").write_bytes(b"precious")
+    assert main(["demo", "--output", str(folder)]) == 2
+    assert "holds something other than an earlier demo run" in capsys.readouterr().err
+    assert (folder / "last.pt").read_bytes() == b"precious"
+
+
+def test_export_refuses_outputs_it_would_damage_or_could_not_read_back(tmp_path, capsys):
+    weights = _atto_weights(tmp_path)
+    for out, message in ((tmp_path / "noext", "must end in .safetensors"), ("/dev/null", "not a regular file"),
+                         (tmp_path / "d" / ("x" * 260 + ".safetensors"), "the name is too long")):
+        argv = ["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "safetensors",
+                "--out", str(out)]
+        assert main(argv) == 2, out
+        assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atto.safetensors"]
 
 
 def test_segment_demo_refuses_training_options_it_would_not_use(capsys, tmp_path):

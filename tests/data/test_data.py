@@ -150,3 +150,19 @@ def test_an_unreadable_class_folder_is_not_called_empty(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "walk", refusing_walk)
     with pytest.raises(UserError, match=f"cannot read the folder {tmp_path / 'b'}: Permission denied"):
         ImageFolder(tmp_path)
+
+
+def test_deep_grey_images_keep_their_brightness(tmp_path):
+    """Attacker trial: 32-bit float TIFFs (mode F, 0-1) were read as black; 16-bit ones scale by 65535."""
+    from convnext.data.images import load_image
+
+    ramp = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "f01.tif")
+    Image.fromarray(ramp * 255, mode="F").save(tmp_path / "f255.tif")
+    Image.fromarray((ramp * 65535).astype(np.uint16)).save(tmp_path / "i16.png")
+    for name in ("f01.tif", "f255.tif", "i16.png"):
+        pixels = np.asarray(load_image(tmp_path / name))
+        assert pixels.shape == (8, 8, 3) and pixels.min() == 0 and pixels.max() == 255, name
+    Image.fromarray(ramp * 1000 - 5, mode="F").save(tmp_path / "wide.tif")
+    with pytest.raises(UserError, match="float pixels outside 0-1 and 0-255"):
+        load_image(tmp_path / "wide.tif")

@@ -108,12 +108,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_demo_folder(folder: Path) -> None:
+    """The demo always starts over, so it may replace only an earlier demo's run (built-in digits, demo recipe)."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        ours = config.get("recipe") == "demo" and config.get("data") is None
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise UserError(f"{folder} holds something other than an earlier demo run, which the demo would replace: "
+                        "name another --output")
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from ..tasks.classification.config import resolve_config
     from ..tasks.classification.evaluate import evaluate_checkpoint
     from ..tasks.classification.train import train
 
     start = time.perf_counter()
+    _check_demo_folder(Path(args.output))
     config = resolve_config("demo", output=args.output)
     train(config, resume=False)
     metrics = evaluate_checkpoint(None, Path(args.output) / "last.pt")

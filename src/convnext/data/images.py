@@ -33,16 +33,28 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except UNREADABLE as err:
         raise UserError(f"cannot read image {path}: {err}") from None
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if array.max() > 255 else 255.0
-        img = Image.fromarray((array / top * 255).round().clip(0, 255).astype(np.uint8))
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        img = Image.fromarray(_to_8_bits(np.asarray(img, dtype=np.float64), img.mode, path))
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, img.convert("RGBA"))
     return img.convert("RGB")
+
+
+def _to_8_bits(array: np.ndarray, mode: str, path) -> np.ndarray:
+    """16- and 32-bit grey pixels as 8-bit ones: whole numbers over 0-255 (16-bit when any exceeds 255); floats
+    (mode F) over 0-1 as scientific images store them, or 0-255. Other float ranges have no standard meaning."""
+    top = array.max(initial=0.0)
+    if mode == "F":
+        if not np.isfinite(array).all() or array.min(initial=0.0) < 0 or top > 255:
+            raise UserError(f"cannot read image {path}: float pixels outside 0-1 and 0-255 (or not finite) have "
+                            "no standard brightness; save it as an 8- or 16-bit image")
+        scale = 255.0 if top <= 1 else 1.0
+    else:
+        scale = 255.0 / (65535.0 if top > 255 else 255.0)
+    return (array * scale).round().clip(0, 255).astype(np.uint8)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..files import atomic_path
+from ..files import atomic_path, check_output_file
 from ..models.convnext import check_input, check_resolution
 from ..models.fuse import portable
 from ..models.kernels import DECOMPOSITIONS
@@ -292,8 +292,12 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
     if dtype != "fp32" and fmt not in BF16_FORMATS:
         raise UserError(f"--dtype {dtype} is for {', '.join(BF16_FORMATS)} (ONNX Runtime has no bf16 CPU kernels; "
                         "safetensors keeps the trained float32 weights)")
-    if Path(path).is_dir():
-        raise UserError(f"--out {path} is a folder; name the file to write, e.g. {Path(path) / ('model.' + fmt)}")
+    check_output_file(path)
+    if fmt == "safetensors" and Path(path).suffix != ".safetensors":  # loaders tell the format by the suffix
+        raise UserError(f"--out {path}: a safetensors file must end in .safetensors")
+    if not any(True for _ in model.parameters()):
+        raise UserError(f"{model_name(model)} is an INT8 model (OpenVINO IR), already a deployable file: export "
+                        "the float checkpoint it was made from")
     if res is not None:
         check_resolution(res)
     model.eval()

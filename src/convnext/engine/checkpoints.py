@@ -19,7 +19,7 @@ import torch
 from ..errors import UserError
 from ..files import atomic_write, remove_stale_temps, write_problem
 from ..weights import read_checkpoint_file
-from .config import RunConfig, config_changes
+from .config import RunConfig, config_changes, task_of_model
 
 LOCK_NAME = ".lock"
 # What a resumable checkpoint holds besides the weights; a file without them was not written by a run.
@@ -99,6 +99,15 @@ def read_training_state(path: str | os.PathLike) -> dict:
         raise UserError(f"{path} is not a checkpoint a training run wrote (no {', '.join(missing[:3])}): "
                         f"nothing to resume; {restart}")
     return state
+
+
+def check_same_task(state: dict, path: Path, config: RunConfig) -> None:
+    """A folder holding another task's run is named as such before anything is fitted to it (its settings
+    would otherwise be read as this task's)."""
+    theirs = str(state["config"].get("model", ""))
+    if task_of_model(theirs) != task_of_model(config.model):
+        raise UserError(f"{path.parent} holds a {task_of_model(theirs)} run ({theirs}), not a "
+                        f"{task_of_model(config.model)} one: name another --output, or --restart to replace it")
 
 
 def check_resumable(state: dict, path: Path, config: RunConfig, classes: list[str]) -> None:

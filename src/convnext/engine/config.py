@@ -211,6 +211,16 @@ def check(config: RunConfig) -> None:
     config.check_more()
 
 
+# The kind of training a model is for, by its name's prefix (any other name: an image classifier).
+TASK_MODELS = {"upernet_": "segmentation", "maskrcnn_": "detection", "fasterrcnn_": "detection",
+               "cascade_mask_rcnn_": "detection"}
+
+
+def task_of_model(name: str) -> str:
+    """"classification", "segmentation" or "detection": what a run of model ``name`` trains."""
+    return next((kind for prefix, kind in TASK_MODELS.items() if name.startswith(prefix)), "classification")
+
+
 def check_model_builds(name: str, model_args: dict, image_side: int | None = None) -> None:
     """``name`` and ``model_args`` must build, and with ``image_side`` run one image batch of that side: tried
     on the meta device, which allocates and computes nothing (shapes only)."""

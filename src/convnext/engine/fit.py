@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..errors import UserError
-from .checkpoints import CheckpointManager, check_resumable
+from .checkpoints import CheckpointManager, check_resumable, check_same_task
 from .config import keep_run_settings
 from .loop import Trainer, train_period
 from .optim import build_optimizer
@@ -67,6 +67,7 @@ def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: 
     if saved is None:
         schedule = task.prepare(rt, say)
     else:  # what the run would do is said once it may resume: a refused resume says only why
+        check_same_task(saved, folder.last, config)
         lines = [f"resume: {note}" for note in keep_run_settings(saved["config"], config)]
         schedule = task.prepare(rt, lines.append)
         check_resumable(saved, folder.last, config, task.classes)
@@ -219,8 +220,7 @@ def _periods(run: Run, net: torch.nn.Module) -> None:
 def _check_mostly_readable(task: Task, unusable: int, examples: str) -> None:
     """Stop a run whose training set is mostly unusable: each bad sample is replaced by the next good one, so
     such a run would train on a few images over and over while looking healthy."""
-    loader = getattr(task, "loader", None)
-    size = len(loader.dataset) if loader is not None else 0
+    size = task.train_samples()
     if size and 2 * unusable > size:
         raise UserError(f"{unusable} of the {size} training samples could not be used (e.g. {examples}): fix or "
                         "remove them, then rerun")

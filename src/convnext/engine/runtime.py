@@ -50,6 +50,8 @@ def setup_runtime(device: str = "auto") -> Runtime:
         dev = torch.device(device)
     except RuntimeError as err:
         raise UserError(f"bad device {device!r}: {err}") from None
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
+        raise UserError(f"--device {device}: runs use cpu or cuda[:N] (the CPU is one device: no index)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError("--device cuda asked for, but no CUDA device is available")

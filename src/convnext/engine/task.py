@@ -118,6 +118,12 @@ class Task:
         """A training sample, for the list of those skipped."""
         return f"sample {index}"
 
+    def train_samples(self) -> int:
+        """How many training samples the data has (0: not known), against which unusable ones are counted.
+        By default the size of ``self.loader``'s dataset."""
+        loader = getattr(self, "loader", None)
+        return len(loader.dataset) if loader is not None else 0
+
     def summary(self, state) -> dict:
         """The task's entries of summary.json."""
         return {}

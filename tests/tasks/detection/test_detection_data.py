@@ -139,6 +139,15 @@ def test_an_area_that_is_no_finite_number_becomes_the_box_area_and_is_counted(co
     assert any("3 annotations whose area is no finite number" in line for line in data.notes())
 
 
+def test_a_set_whose_every_annotation_is_dropped_says_why(coco_set, tmp_path):
+    def edit(data):
+        for ann in data["annotations"]:
+            ann["bbox"] = [1, 2]
+
+    with pytest.raises(UserError, match=r"no image has an annotation to train on \(\d+ boxes of no area"):
+        CocoData(_edited(coco_set, tmp_path, edit), train=True)
+
+
 def test_the_cli_says_one_line_for_a_broken_json(tmp_path, capsys):
     (tmp_path / "images").mkdir()
     (tmp_path / "instances_x.json").write_text("{oops")

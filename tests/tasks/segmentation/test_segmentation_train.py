@@ -217,3 +217,34 @@ def test_a_broken_val_split_is_one_line_and_a_plain_folder_has_no_validation(tmp
 def test_model_args_that_do_not_build_or_run_are_one_line(model_args, message):
     with pytest.raises(UserError, match=f"upernet_convnext_tiny cannot be built with model_args=.*{message}"):
         seg_config("demo", [f"model_args={model_args}"])
+
+
+@pytest.mark.parametrize("label", [7, 255])  # outside --num-classes; every pixel ignored
+def test_a_training_set_without_usable_masks_stops_instead_of_training_on_nothing(tmp_path, label):
+    """Issue 21 (attacker trial): every training mask unusable or fully ignored gave "train loss 0.0000" at
+    every iteration and exit 0."""
+    data = _scenes(tmp_path / "data")
+    for mask in (data / "train" / "masks").iterdir():
+        Image.fromarray(np.full((48, 48), label, np.uint8)).save(mask)
+    with pytest.raises(UserError, match=r"4 of the 4 training samples could not be used \(e\.g\. "):
+        train_segmentation(_config(data / "train", tmp_path / "run", val_data=str(data / "val")), log=lambda _: None)
+
+
+def test_a_folder_holding_another_tasks_run_is_named_as_such(tmp_path):
+    """Attacker trial: a classification run folder given to `segment train` was read as a segmentation run
+    (its settings printed as kept, then "other classes")."""
+    from convnext.tasks.classification.config import resolve_config
+    from convnext.tasks.classification.train import train
+
+    classes = tmp_path / "classes"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (classes / split / name).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(classes / split / name / f"{i}.png")
+    settings = ['model_args={"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}', "epochs=1", "batch_size=4"]
+    train(resolve_config("demo", settings, output=str(tmp_path / "run"), data=str(classes)), log=lambda _: None)
+    said = []
+    with pytest.raises(UserError, match=r"holds a classification run \(convnext_atto\), not a segmentation one"):
+        train_segmentation(_config(_scenes(tmp_path / "data"), tmp_path / "run"), log=said.append)
+    assert not any("resume" in line for line in said)

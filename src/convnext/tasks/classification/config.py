@@ -23,6 +23,7 @@ from ...engine.config import (
     check_model_builds,
     check_order,
     resolve,
+    task_of_model,
 )
 from ...errors import UserError
 from ...models.convnext import MAX_RES, MIN_RES
@@ -32,8 +33,6 @@ INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 LR_SCALINGS = ("linear", "sqrt", "none")
 MIN_CROP_PCT = 0.5  # evaluation resizes to res / crop_pct: a smaller share would ask for huge images
 MAX_EPOCHS = 10_000
-TASK_MODELS = {"upernet_": "segmentation", "maskrcnn_": "detection", "fasterrcnn_": "detection",
-               "cascade_mask_rcnn_": "detection"}
 
 
 @dataclass
@@ -106,8 +105,8 @@ class TrainConfig(RunConfig):
 
     def check_more(self) -> None:
         check_order(self, "crop_scale", "crop_ratio")
-        task = next((kind for prefix, kind in TASK_MODELS.items() if self.model.startswith(prefix)), None)
-        if task:
+        task = task_of_model(self.model)
+        if task != "classification":
             command = "segment" if task == "segmentation" else "detect"
             raise UserError(f"--model {self.model} is a {task} model: `convnext {command} train` trains it "
                             "(`convnext train` trains classifiers, e.g. convnext_tiny)")

@@ -259,7 +259,9 @@ class CocoData:
             self.empty = len(ids) - len(usable)
             ids = usable
             if not ids:
-                raise UserError(f"{self.json_path}: no image has an annotation to train on")
+                why = "; ".join(self.report.lines())  # what was dropped, and why: the one clue to the fix
+                raise UserError(f"{self.json_path}: no image has an annotation to train on"
+                                + (f" ({why})" if why else ""))
         self.ids = ids
 
     def __len__(self) -> int:

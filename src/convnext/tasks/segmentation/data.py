@@ -200,6 +200,8 @@ class SegmentationSet(Dataset):
             try:
                 image, labels = read_pair(self.source, index, self.num_classes)
             except UserError:  # a fully ignored crop: no loss, and the index is reported
+                labels = None
+            if labels is None or (labels == IGNORE).all():  # nothing to learn from: reported like a bad file
                 return torch.zeros(3, *self.crop), torch.full(tuple(self.crop), IGNORE), index
             image, mask = self.transform(image, labels)
         return image, mask, -1

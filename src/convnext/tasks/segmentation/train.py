@@ -95,6 +95,9 @@ class SegmentationTask(Task):
                                pin_memory=rt.device.type == "cuda",
                                generator=torch.Generator().manual_seed(config.seed)))
 
+    def train_samples(self) -> int:
+        return len(self.dataset)
+
     def step(self, net: nn.Module, batch, device: torch.device) -> StepOutput:
         images, masks, bad = batch
         images, masks = images.to(device, non_blocking=True), masks.to(device, non_blocking=True)
