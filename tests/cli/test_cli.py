@@ -241,6 +241,10 @@ def test_threads_follow_the_idle_cores_unless_given(capsys):
     assert choose_threads(None, cores=2, load=1.8, env=None) == 1  # another process holds a core
     assert choose_threads(None, cores=16, load=40.0, env=None) == 1
     assert choose_threads(None, cores=2, load=0.1, env="1") is None  # OMP_NUM_THREADS decides
+    assert choose_threads(None, cores=2, load=0.1, env="2,1") is None  # OpenMP's nested form
+    for bad in ("abc", "0", "-1", "1.5"):
+        with pytest.raises(UserError, match="OMP_NUM_THREADS="):
+            choose_threads(None, cores=2, load=0.1, env=bad)
     assert choose_threads(3, cores=2, load=5.0, env="1") == 3
     with pytest.raises(UserError, match="--threads must be at least 1, got 0"):
         choose_threads(0, cores=2, load=0.0, env=None)
@@ -286,3 +290,8 @@ def test_the_robustness_demo_fills_the_run_defaults(monkeypatch):
     assert main(["demo", "robustness"]) == 0
     assert (seen["demo"], seen["seed"], seen["batch_size"], seen["workers"], seen["checkpoint"]) == (True, 0, 64, 0,
                                                                                                    None)
+
+
+def test_info_bounds_each_side_of_a_resolution(capsys):
+    assert main(["info", "convnext_tiny", "--res", "32x100000"]) == 2
+    assert "--res must be from 32" in capsys.readouterr().err

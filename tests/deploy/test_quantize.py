@@ -147,3 +147,14 @@ def test_a_segmentation_run_is_named_as_such(tmp_path):
     with pytest.raises(UserError, match=r"holds a upernet_convnext_tiny \(semantic segmentation\); use `convnext "
                                         r"segment` for it"):
         load_model(checkpoint=ckpt)
+
+
+def test_a_damaged_bin_is_named_in_openvinos_own_words(setup, tmp_path, capsys):
+    if not setup["out"].exists():
+        assert main(setup["args"]) == 0
+        capsys.readouterr()
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(setup["out"].read_bytes())
+    bad.with_suffix(".bin").write_bytes(setup["out"].with_suffix(".bin").read_bytes()[:1000])
+    _one_line_error(capsys, ["predict", "--checkpoint", str(bad), str(setup["val"] / "3")],
+                    "or its .bin is damaged: Incorrect weights in bin file")

@@ -148,7 +148,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR",
                    help="image files and/or folders (searched recursively)")
     add_weights(p)
-    p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--topk", type=int, help="classes shown per image (default 5, or all when the model has fewer)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--classes", metavar="FILE", help="class names, one per line in index order (default: "
                    "the names of released weights' label set, else class indices)")
@@ -165,7 +165,7 @@ def _predict(args: argparse.Namespace) -> int:
     from ..tasks.loading import load_model
     from ..weights.int8 import QuantizedModel
 
-    if args.topk < 1 or args.batch_size < 1:
+    if (args.topk is not None and args.topk < 1) or args.batch_size < 1:
         raise UserError(f"--topk and --batch-size must be at least 1, got {args.topk} and {args.batch_size}")
     files = find_images(args.inputs)
     device = parse_device(args.device)
@@ -175,6 +175,9 @@ def _predict(args: argparse.Namespace) -> int:
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained).fuse_for_inference(dtype)
     model.to(device)
     precision = "int8" if isinstance(model, QuantizedModel) else args.dtype  # an INT8 file runs as it was made
+    if args.topk is not None and args.topk > model.num_classes:
+        raise UserError(f"--topk {args.topk}: the model has {model.num_classes} classes")
+    args.topk = args.topk or min(5, model.num_classes)
     cfg = model.pretrained_cfg
     labels = class_labels(model.num_classes, args.classes, cfg.get("label_names"), cfg.get("label_set"))
     weights = args.checkpoint or f"pretrained {cfg.get('tag', args.pretrained)}"

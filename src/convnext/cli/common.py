@@ -116,7 +116,9 @@ def choose_threads(given: int | None, cores: int, load: float, env: str | None) 
         if given < 1:
             raise UserError(f"--threads must be at least 1, got {given}")
         return given
-    if env:
+    if env and env.strip():  # OpenMP would ignore a malformed value, and so would PyTorch: say so instead
+        if not all(part.strip().isdigit() and int(part) >= 1 for part in env.split(",")):
+            raise UserError(f"OMP_NUM_THREADS={env!r}: must be a whole number of threads, at least 1 (or unset)")
         return None
     return max(1, min(cores, round(cores - load)))
 

@@ -73,10 +73,13 @@ def _resolution(text: str) -> int | tuple[int, int]:
 
 def _info(args: argparse.Namespace) -> int:
     from ..models.complexity import model_info
+    from ..models.convnext import check_resolution
     from ..weights import list_pretrained
 
     dense = args.model.startswith("upernet_")  # the paper counts segmentation FLOPs at 512x2048, 150 classes
     args.res = args.res or ((512, 2048) if dense else 224)
+    for side in (args.res,) if isinstance(args.res, int) else args.res:
+        check_resolution(side)
     if args.num_classes is not None and args.num_classes < 1:
         raise UserError(f"--num-classes must be at least 1, got {args.num_classes}")
     classes = args.num_classes or (150 if dense else None)

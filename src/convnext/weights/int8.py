@@ -72,7 +72,8 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
     try:
         ov_model = openvino.Core().read_model(path)
     except RuntimeError as err:
-        raise UserError(f"{path} is not an OpenVINO model: {str(err).strip().splitlines()[0]}") from None
+        reason = str(err).strip().splitlines()[-1]  # OpenVINO's own words come last, after its source locations
+        raise UserError(f"{path} is not an OpenVINO model, or its .bin is damaged: {reason}") from None
     info = ov_model.get_rt_info()
     if _RT_KEY not in info:
         raise UserError(f"{path} was not written by `convnext quantize` (no model name or preprocessing in it)")

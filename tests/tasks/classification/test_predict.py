@@ -268,6 +268,8 @@ def test_training_run_checkpoint_brings_architecture_preprocessing_and_classes(t
         assert code == 0 and report["num_classes"] == 10
         assert report["preprocessing"]["input_size"] == [3, 32, 32]
         assert sorted(p["label"] for p in report["results"][0]["predictions"]) == classes
+    assert main(["predict", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "best.pt"), "--topk", "11"]) == 2
+    assert "--topk 11: the model has 10 classes" in capsys.readouterr().err  # not silently 10 (attacker trial)
     with pytest.raises(UserError, match="holds a convnext_atto"):
         load_model("convnext_femto", checkpoint=tmp_path / "best.pt")
 
