@@ -97,6 +97,17 @@ def test_norms_over_channels_give_the_same_logits_without_transposes(model, tmp_
     assert not any(m.over_channels for m in fused.modules() if hasattr(m, "over_channels"))  # left as it was
 
 
+def test_the_cli_writes_the_channel_form_on_request(model, tmp_path, capsys):
+    from convnext.weights import save_weights
+
+    weights = save_weights(model, tmp_path / "atto.safetensors")
+    argv = ["export", "--checkpoint", str(weights), "--format", "onnx", "--layer-norms", "channels", "--json",
+            "--out", str(tmp_path / "c.onnx")]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] and report["layer_norm_nodes"] == 1 and report["decomposed_norm_ops"] > 0
+
+
 def test_onnx_needs_opset_18_and_its_packages(model, tmp_path, monkeypatch):
     # 17 has LayerNormalization, but torch's exporter falls back to 18 for it (the attacker trial's "says 17,
     # writes 18"): refused in one line rather than written as another opset than asked

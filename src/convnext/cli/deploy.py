@@ -22,12 +22,15 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
     add_weights(p)
     p.add_argument("--format", required=True, choices=export.FORMATS,
-                   help="onnx (opset >= 18, native LayerNormalization), torchscript, pt2 (torch.export) or "
+                   help="onnx (opset >= 18), torchscript, pt2 (torch.export) or "
                    "safetensors (weights + metadata)")
     p.add_argument("--out", required=True, metavar="FILE", help="file to write (atomically)")
     p.add_argument("--res", type=int, help="input resolution of the exported graph (default: the weights')")
     p.add_argument("--opset", type=int,
                    help=f"ONNX opset, at least {export.MIN_ONNX_OPSET} (default {export.ONNX_OPSET})")
+    p.add_argument("--layer-norms", choices=("native", "channels"), default=None,
+                   help="ONNX: native LayerNormalization between transposes (default; ONNX Runtime) or reductions "
+                   "over the channel axis without transposes (channels; OpenVINO runs it faster: see README)")
     p.add_argument("--script", action="store_true", help="TorchScript: script instead of trace")
     p.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=None,
                    help="export the inference-fused model (LayerNorm affine and layer scale folded into the "
@@ -46,6 +49,7 @@ def _export(args: argparse.Namespace) -> int:
     fmt = args.format
     unused = [flag for flag, given, used in (
         ("--opset", args.opset is not None, fmt == "onnx"), ("--script", args.script, fmt == "torchscript"),
+        ("--layer-norms", args.layer_norms is not None, fmt == "onnx"),
         ("--res", args.res is not None, fmt != "safetensors"),
         ("--fuse/--no-fuse", args.fuse is not None, fmt != "safetensors")) if given and not used]
     if unused:
@@ -54,7 +58,8 @@ def _export(args: argparse.Namespace) -> int:
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained)
     args.opset = export.ONNX_OPSET if args.opset is None else args.opset
     report = export.export_model(model, args.out, args.format, res=args.res, opset=args.opset, script=args.script,
-                                 fuse=args.fuse is not False, dtype=args.dtype)
+                                 fuse=args.fuse is not False, dtype=args.dtype,
+                                 norms_over_channels=args.layer_norms == "channels")
     if args.json:
         print(json.dumps(report, indent=2))
         return 0 if report["passed"] else 1

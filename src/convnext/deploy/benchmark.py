@@ -106,13 +106,15 @@ def _scratch() -> tempfile.TemporaryDirectory:
     return folder
 
 
-@functools.cache  # one export serves every runtime
-def _our_onnx(name: str, res: int) -> str:
+@functools.cache  # one export per graph form
+def _our_onnx(name: str, res: int, norms_over_channels: bool = False) -> str:
+    """Our ONNX graph in the form each runtime runs fastest: native LayerNormalization for ONNX Runtime,
+    channel-axis reductions (no transposes) for OpenVINO, the form `convnext quantize` hands it too."""
     from .export import export_onnx
 
     model = build_model(name, num_classes=NUM_CLASSES).eval()
-    path = os.path.join(_scratch().name, f"{name}-{res}.onnx")
-    return str(export_onnx(model.fuse_for_inference(), path, res=res))
+    path = os.path.join(_scratch().name, f"{name}-{res}{'-channels' * norms_over_channels}.onnx")
+    return str(export_onnx(model.fuse_for_inference(), path, res=res, norms_over_channels=norms_over_channels))
 
 
 def _calibration(res: int) -> torch.Tensor:
@@ -151,7 +153,7 @@ def _openvino(name: str, res: int, dtype: str) -> nn.Module | str:
     import openvino
 
     core = openvino.Core()
-    model = core.read_model(_our_onnx(name, res))
+    model = core.read_model(_our_onnx(name, res, norms_over_channels=True))
     if dtype == "int8":  # OpenVINO's own INT8: NNCF with its default settings
         if importlib.util.find_spec("nncf") is None:
             return "nncf is not installed"

@@ -274,7 +274,8 @@ def export_safetensors(model: nn.Module, path: str | os.PathLike) -> Path:
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: int | None = None,
-                 opset: int = ONNX_OPSET, script: bool = False, fuse: bool = True, dtype: str = "fp32") -> dict:
+                 opset: int = ONNX_OPSET, script: bool = False, fuse: bool = True, dtype: str = "fp32",
+                 norms_over_channels: bool = False) -> dict:
     """Write ``model`` as ``fmt``, load the file back, run it on a ``CHECK_BATCH`` batch and compare it with
     ``model`` itself.
 
@@ -283,7 +284,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
     unfused weights under the official names. Returns a report: the file, its size, the max abs difference
     of the logits (``passed`` when it is within ``TOLERANCE``) and, for ONNX, the LayerNorm node counts.
     ``dtype="bf16"`` (TorchScript, pt2) casts the weights once and takes bf16 images; it passes within
-    ``BF16_TOLERANCE`` of the largest float32 logit.
+    ``BF16_TOLERANCE`` of the largest float32 logit. ``norms_over_channels``: see `export_onnx` (ONNX only).
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -313,7 +314,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
                     "res": res or _config(model)["input_size"][-1], "fused": fuse, "dtype": dtype}
     if fmt == "onnx":
         _require("ONNX export", "onnx", "onnxscript", "onnxruntime")  # before any work, not after it
-        export_onnx(exported, path, res=res, opset=opset)
+        export_onnx(exported, path, res=res, opset=opset, norms_over_channels=norms_over_channels)
         check = check_onnx(path, model, res=res)
         diff = check.max_abs_diff
         report.update(opset=opset, layer_norm_nodes=check.layer_norms, decomposed_norm_ops=check.decomposed_norm_ops)
