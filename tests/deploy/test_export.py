@@ -101,7 +101,8 @@ def test_the_cli_writes_the_channel_form_on_request(model, tmp_path, capsys):
     from convnext.weights import save_weights
 
     weights = save_weights(model, tmp_path / "atto.safetensors")
-    argv = ["export", "--checkpoint", str(weights), "--format", "onnx", "--layer-norms", "channels", "--json",
+    argv = ["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "onnx", "--layer-norms",
+            "channels", "--json",
             "--out", str(tmp_path / "c.onnx")]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
