@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .errors import UserError
 from .files import atomic_write
 
 
@@ -24,10 +26,20 @@ def save_figure(fig, path: str | Path, dpi: float | None = None) -> Path:
     """Write ``fig`` to ``path`` (format from its suffix) atomically, then close it: a full disk or a killed
     process leaves the old picture or none, never half a file or a temporary one."""
     try:
+        check_figure_name(path)
         return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:].lower()))
     finally:
         if hasattr(fig, "number"):  # made by pyplot: pyplot keeps it until closed
             pyplot().close(fig)
+
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_figure_name(path: str | os.PathLike) -> None:
+    """One line for a picture name whose suffix names no format we write (checked before work that ends in it)."""
+    if Path(path).suffix.lower() not in FIGURE_SUFFIXES:
+        raise UserError(f"cannot draw {path}: name a .png, .pdf or .svg file")
 
 
 Panel = tuple[str, str, Sequence[tuple[str, str]]]  # title, y label, (history key, legend label) pairs

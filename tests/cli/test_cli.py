@@ -178,6 +178,12 @@ def test_the_demo_replaces_only_an_earlier_demo_run(tmp_path, capsys):
     assert main(["demo", "--output", str(folder)]) == 2
     assert "holds something other than an earlier demo run" in capsys.readouterr().err
     assert (folder / "last.pt").read_bytes() == b"precious"
+    from convnext.cli.classify import _check_demo_folder
+
+    killed = tmp_path / "killed"  # a demo killed before its first file: only the lock is left
+    killed.mkdir()
+    (killed / ".lock").write_text("99999999")
+    _check_demo_folder(killed)  # no error: the rerun may start over
 
 
 def test_export_refuses_outputs_it_would_damage_or_could_not_read_back(tmp_path, capsys):
@@ -189,6 +195,11 @@ def test_export_refuses_outputs_it_would_damage_or_could_not_read_back(tmp_path,
         assert main(argv) == 2, out
         assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["atto.safetensors"]
+    argv = ["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "onnx", "--no-fuse",
+            "--layer-norms", "channels", "--out", str(tmp_path / "x.onnx")]
+    assert main(argv) == 2 and "leave out --no-fuse" in capsys.readouterr().err
+    argv = ["benchmark", "--model", "convnext_atto", "--peers", "none", "--plot", str(tmp_path / "throughput")]
+    assert main(argv) == 2 and "name a .png, .pdf or .svg file" in capsys.readouterr().err  # before measuring
 
 
 def test_segment_demo_refuses_training_options_it_would_not_use(capsys, tmp_path):
@@ -275,7 +286,7 @@ def test_every_demo_has_one_spelling_and_refuses_options_it_would_not_use(monkey
     assert main(["segment", "train", "--demo", "--iters", "6"]) == 0 and called.popitem()[1].iters == 6
     capsys.readouterr()
     for argv in (["demo", "--iters", "3"], ["demo", "segment", "--model", "x"], ["demo", "detect", "--seed", "1"],
-                 ["demo", "robustness", "--iters", "3"]):
+                 ["demo", "robustness", "--iters", "3"], ["demo", "--seed", "0"], ["demo", "--workers", "0"]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "has no use for --" in err and err.count("\n") == 1, argv

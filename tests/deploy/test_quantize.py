@@ -144,8 +144,11 @@ def test_a_bad_val_folder_stops_before_any_file_is_written(setup, tmp_path, caps
 def test_a_segmentation_run_is_named_as_such(tmp_path):
     ckpt = tmp_path / "seg.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "config": {"model": "upernet_convnext_tiny"}}, ckpt)
-    with pytest.raises(UserError, match=r"holds a upernet_convnext_tiny \(semantic segmentation\); use `convnext "
+    with pytest.raises(UserError, match=r"holds a upernet_convnext_tiny \(segmentation\); use `convnext "
                                         r"segment` for it"):
+        load_model(checkpoint=ckpt)
+    torch.save({"model": {"w": torch.zeros(1)}, "config": {"model": "cascade_mask_rcnn_convnext_tiny"}}, ckpt)
+    with pytest.raises(UserError, match=r"\(detection\); use `convnext detect` for it"):  # was missed by prefix
         load_model(checkpoint=ckpt)
 
 

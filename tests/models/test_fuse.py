@@ -115,3 +115,11 @@ def test_fused_model_follows_in_place_changes_and_pickles():
     buffer.seek(0)
     with torch.no_grad():
         assert torch.equal(torch.load(buffer, weights_only=False)(X), after)  # our own bytes, just written
+    from convnext.models.layers import LayerNorm2d
+
+    norm = next(m for m in fused.modules() if isinstance(m, LayerNorm2d))
+    state = dict(norm.__dict__)
+    del state["over_channels"]  # as pickled before the flag existed
+    old = LayerNorm2d.__new__(LayerNorm2d)
+    old.__setstate__(state)
+    assert old.over_channels is False

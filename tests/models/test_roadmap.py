@@ -148,5 +148,8 @@ def test_cli_table_json_and_plot(tmp_path, capsys):
     assert main(["roadmap", "--res", "16"]) == 2
     assert main(["roadmap", "--plot", str(tmp_path / "new" / "r.png")]) == 0  # a missing folder is made
     assert (tmp_path / "new" / "r.png").is_file()
-    assert main(["roadmap", "--plot", str(tmp_path / "new")]) == 2  # a folder is no picture
+    assert main(["roadmap", "--plot", str(tmp_path / "new")]) == 2  # no picture format, checked before measuring
+    assert "name a .png, .pdf or .svg file" in capsys.readouterr().err
+    (tmp_path / "dir.png").mkdir()
+    assert main(["roadmap", "--plot", str(tmp_path / "dir.png")]) == 2  # a folder is no picture
     assert "it is a folder" in capsys.readouterr().err

@@ -125,6 +125,10 @@ def test_fused_mlp_op_passes_torch_library_opcheck(monkeypatch, slice_bytes, dty
     assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got.float(), want, **({} if dtype == torch.float32 else dict(atol=0.5, rtol=0.02)))
     assert torch.equal(args[1], before)  # a functional op: the residual input is left as it was
+    strided = (*args[:3], torch.randn(24).to(dtype)[::2], args[4], torch.randn(12).to(dtype)[::2])
+    torch.testing.assert_close(torch.ops.convnext.pointwise_mlp(*strided).float(),  # biases as views (vmap)
+                               kernels.pointwise_mlp_reference(*(t.float() for t in strided)),
+                               **({} if dtype == torch.float32 else dict(atol=0.5, rtol=0.02)))
 
 
 def test_models_are_channels_last_whatever_the_input_layout():

@@ -110,8 +110,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _check_demo_folder(folder: Path) -> None:
     """The demo always starts over, so it may replace only an earlier demo's run (built-in digits, demo recipe)."""
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return
+    from ..engine.checkpoints import LOCK_NAME
+    from ..files import is_temp
+
+    if not folder.is_dir() or all(p.name == LOCK_NAME or is_temp(p) for p in folder.iterdir()):
+        return  # nothing, or what a killed demo left before its first file
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         ours = config.get("recipe") == "demo" and config.get("data") is None

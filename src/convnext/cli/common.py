@@ -58,17 +58,9 @@ def parse_device(name: str | None) -> torch.device:
 
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise UserError(f"invalid --device {name!r}: {err}") from None
-    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
-        raise UserError(f"--device {name}: runs use cpu or cuda[:N] (the CPU is one device: no index)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
+    from ..engine.runtime import check_device
+
+    return check_device(name)
 
 
 def add_device(p: argparse.ArgumentParser, help: str = DEVICE_HELP, **kwargs) -> None:

@@ -65,7 +65,8 @@ def _args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     given = [dest for dest in ("output", "restart", "iters", "device", "model", "batch_size", "workers", "json",
                                "plot", "corruptions", "severities", "seed")
-             if getattr(args, dest) not in (None, False) and dest not in DEMO_OPTIONS[args.task]]
+             if getattr(args, dest) is not None and getattr(args, dest) is not False
+             and dest not in DEMO_OPTIONS[args.task]]
     if given:
         flags = ", ".join(f"--{dest.replace('_', '-')}" for dest in given)
         raise UserError(f"the {args.task} demo has no use for {flags} (its options: {_flags(args.task)})")

@@ -135,6 +135,10 @@ def _benchmark(args: argparse.Namespace) -> int:
     dtype = args.dtype or "fp32"
     if args.int8_model and dtype != "int8":
         raise UserError("--int8-model times an INT8 file: add --dtype int8")
+    if args.plot:
+        from ..plots import check_figure_name
+
+        check_figure_name(args.plot)  # before the minutes of measuring, not after them
     peers_text = args.peers or ",".join(benchmark.PEERS + benchmark.RUNTIMES)
     peers = [] if peers_text.strip() == "none" else [p.strip() for p in peers_text.split(",") if p.strip()]
     batches = benchmark.parse_batches(args.batch or ("16" if args.train else "1,32"))

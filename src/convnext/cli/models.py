@@ -131,6 +131,10 @@ def _roadmap(args: argparse.Namespace) -> int:
     from ..models.roadmap import measure_steps, plot_roadmap
 
     check_resolution(args.res)
+    if args.plot:
+        from ..plots import check_figure_name
+
+        check_figure_name(args.plot)
     rows = measure_steps(args.res)
     if args.plot:
         plot_roadmap(rows, args.plot)

@@ -114,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
                         f"{args.workers}")
     if not 0 <= args.seed < 2**32:
         raise UserError(f"--seed must be from 0 to 2**32 - 1, got {args.seed}")
-    if args.plot and Path(args.plot).suffix.lower() not in (".png", ".pdf", ".svg"):
-        raise UserError(f"--plot {args.plot}: name a .png, .pdf or .svg file")
+    if args.plot:
+        from ..plots import check_figure_name
+
+        check_figure_name(args.plot)
     quiet = (lambda text: None) if args.json else (lambda text: print(text, file=sys.stderr, flush=True))
     output, suites, subjects, baseline = _demo(args, quiet) if args.demo else _given(args)
     corruptions = _list(args.corruptions, flag="--corruptions")

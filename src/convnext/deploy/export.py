@@ -153,14 +153,14 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, res: int | None = 
 
 def _program(model: nn.Module, res: int | None, norms_over_channels: bool) -> torch.export.ExportedProgram:
     """`export_program` with the LayerNorms in the form asked for; ``model`` is left as it was."""
-    norms = [m for m in model.modules() if isinstance(m, LayerNorm2d)]
-    for norm in norms:
+    before = {norm: norm.over_channels for norm in model.modules() if isinstance(norm, LayerNorm2d)}
+    for norm in before:
         norm.over_channels = norms_over_channels
     try:
         return export_program(model, res=res)
     finally:
-        for norm in norms:
-            norm.over_channels = False
+        for norm, value in before.items():
+            norm.over_channels = value
 
 
 def _require(purpose: str, *modules: str) -> None:
@@ -294,6 +294,8 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
         raise UserError(f"--dtype {dtype} is for {', '.join(BF16_FORMATS)} (ONNX Runtime has no bf16 CPU kernels; "
                         "safetensors keeps the trained float32 weights)")
     check_output_file(path)
+    if norms_over_channels and not fuse:  # the model as trained keeps its block norms on NHWC tensors
+        raise UserError("--layer-norms channels rewrites the fused model's LayerNorms: leave out --no-fuse")
     if fmt == "safetensors" and Path(path).suffix != ".safetensors":  # loaders tell the format by the suffix
         raise UserError(f"--out {path}: a safetensors file must end in .safetensors")
     if not any(True for _ in model.parameters()):

@@ -214,13 +214,24 @@ def _periods(run: Run, net: torch.nn.Module) -> None:
             count = len(state.bad_images)
             examples = "; ".join(task.describe(i) for i in sorted(state.bad_images)[:3])
             run.say(f"skipped {count} unusable training sample{'s' * (count != 1)} so far, e.g. {examples}")
-            _check_mostly_readable(task, count, examples)
+        _check_mostly_readable(task, _all_ranks(state.bad_images, rt))
 
 
-def _check_mostly_readable(task: Task, unusable: int, examples: str) -> None:
+def _all_ranks(indices: set[int], rt: Runtime) -> set[int]:
+    """The union of every rank's ``indices`` (each rank sees its share of the samples); a collective: every
+    rank calls it."""
+    if rt.world_size == 1:
+        return indices
+    gathered: list = [None] * rt.world_size
+    torch.distributed.all_gather_object(gathered, sorted(indices))
+    return set().union(*gathered)
+
+
+def _check_mostly_readable(task: Task, unusable: set[int]) -> None:
     """Stop a run whose training set is mostly unusable: each bad sample is replaced by the next good one, so
     such a run would train on a few images over and over while looking healthy."""
     size = task.train_samples()
-    if size and 2 * unusable > size:
-        raise UserError(f"{unusable} of the {size} training samples could not be used (e.g. {examples}): fix or "
-                        "remove them, then rerun")
+    if size and 2 * len(unusable) > size:
+        examples = "; ".join(task.describe(i) for i in sorted(unusable)[:3])
+        raise UserError(f"{len(unusable)} of the {size} training samples could not be used (e.g. {examples}): "
+                        "fix or remove them, then rerun")

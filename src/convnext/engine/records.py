@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
-from ..files import atomic_write, atomic_write_text
+from ..files import atomic_write_text
 
 PRIVATE_KEYS = ("bad_images",)  # kept in checkpoints for the count of skipped images, not in metrics.jsonl
 
@@ -49,7 +49,7 @@ class RunLog:
             return
         atomic_write_text(self.folder / "summary.json", json.dumps(summary, indent=2) + "\n")
         if history:
-            atomic_write(self.folder / "curves.png", lambda tmp: plot(history, tmp))
+            plot(history, self.folder / "curves.png")  # written atomically by the plot itself
 
     def close(self) -> None:
         if self.writer is not None:

@@ -38,6 +38,22 @@ class Runtime:
             dist.destroy_process_group()
 
 
+def check_device(name: str) -> torch.device:
+    """``name`` as a device a run can use: cpu, or cuda[:N] with N below this machine's CUDA device count; one
+    line otherwise (meta, mps, xla and cpu:N parse, but nothing here runs on them)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"invalid --device {name!r}: {err}") from None
+    if device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index not in (None, 0)):
+        raise UserError(f"--device {name}: runs use cpu or cuda[:N] (the CPU is one device: no index)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def setup_runtime(device: str = "auto") -> Runtime:
     """Join the process group torchrun describes (WORLD_SIZE/RANK/LOCAL_RANK), NCCL on GPUs, gloo on CPUs."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -46,15 +62,8 @@ def setup_runtime(device: str = "auto") -> Runtime:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     elif device == "cuda":
         device = f"cuda:{local_rank}"
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise UserError(f"bad device {device!r}: {err}") from None
-    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
-        raise UserError(f"--device {device}: runs use cpu or cuda[:N] (the CPU is one device: no index)")
+    dev = check_device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda asked for, but no CUDA device is available")
         torch.cuda.set_device(dev)
     owns_group = world_size > 1 and not dist.is_initialized()
     if owns_group:

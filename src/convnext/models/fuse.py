@@ -2,7 +2,7 @@
 
 Each block's LayerNorm affine moves into the first pointwise layer and its layer scale into the second, so a
 block runs a depthwise conv, a bare LayerNorm and its pointwise MLP with the residual add
-(``convnext::pointwise_mlp``: two oneDNN convolutions with GELU and add post-ops on CPUs). The weights can be
+(``convnext::pointwise_mlp``: two oneDNN matrix products with GELU and add post-ops on CPUs). The weights can be
 cast once to bf16 (``dtype=torch.bfloat16``), which is what deploying on CPUs with AMX or on GPUs wants. The
 result keeps the model's API (``forward_features``, ``forward_head``, feature pyramids) and is meant for
 inference: its weights no longer have the official names.

@@ -107,7 +107,7 @@ def _cpu_has_bf16() -> bool:
 
 
 def _runs_on_onednn(x: Tensor, shortcut: Tensor, weight1: Tensor) -> bool:
-    """oneDNN's fused convolutions want CPU channels_last tensors of one dtype it has post-ops for (bf16 only
+    """oneDNN's fused matrix products want CPU channels_last tensors of one dtype it has post-ops for (bf16 only
     where the CPU has bf16 instructions: elsewhere oneDNN would emulate them)."""
     if not (_ONEDNN_POINTWISE and x.device.type == "cpu" and x.dtype == shortcut.dtype == weight1.dtype):
         return False
@@ -133,7 +133,8 @@ def pointwise_mlp(x: Tensor, shortcut: Tensor, weight1: Tensor, bias1: Tensor | 
     n, channels, height, width = shortcut.shape
     pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # views of channels_last memory: no copies
     residual = shortcut.permute(0, 2, 3, 1).reshape(-1, channels)
-    w1, w2 = weight1.flatten(1), weight2.flatten(1)
+    w1, w2 = weight1.flatten(1).contiguous(), weight2.flatten(1).contiguous()  # oneDNN reads them as dense
+    bias1, bias2 = (None if b is None else b.contiguous() for b in (bias1, bias2))
     rows = pixels.shape[0] if MLP_SLICE_BYTES is None else max(1, MLP_SLICE_BYTES // (w1.shape[0] * x.element_size()))
     linear = torch.ops.mkldnn._linear_pointwise
     if rows >= pixels.shape[0]:  # one slice: the add writes the output, no copy of the shortcut first

@@ -28,6 +28,10 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(*args, **kwargs)
         self.over_channels = False
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("over_channels", False)  # modules pickled before the flag existed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.over_channels:
             centred = x - x.mean(1, keepdim=True)  # the pattern OpenVINO fuses into one MVN across channels

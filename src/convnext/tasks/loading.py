@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..engine.config import task_of_model
 from ..errors import UserError
 from ..models.convnext import build_model, create_model
 from ..weights import (
@@ -25,9 +26,8 @@ from ..weights import (
 )
 from .classification.config import TrainConfig
 
-# Run checkpoints of the dense tasks, told apart by their model's name: the task, and the command that reads them
-DENSE_TASKS = {"upernet": ("semantic segmentation", "segment"), "maskrcnn": ("instance segmentation", "detect"),
-               "fasterrcnn": ("detection", "detect")}
+# Run checkpoints of the dense tasks (told apart by their model's name, `task_of_model`): the command reading them
+DENSE_COMMANDS = {"segmentation": "segment", "detection": "detect"}
 
 
 def build_run_model(config: TrainConfig, num_classes: int) -> nn.Module:
@@ -83,10 +83,10 @@ def load_model(name: str | None = None, *, checkpoint: str | os.PathLike | None 
         return _quantized(name, path)
     raw = read_checkpoint_file(path)  # read once: tensors, or the whole record of a training run
     run_config = _run_config(raw, path)
-    task, command = DENSE_TASKS.get(str((run_config or {}).get("model", "")).split("_")[0], (None, None))
-    if task is not None:
-        raise UserError(f"{path} holds a {run_config['model']} ({task}); use `convnext {command}` for it (this "
-                        "command takes image classifiers)")
+    task = task_of_model(str((run_config or {}).get("model", "")))
+    if task in DENSE_COMMANDS:
+        raise UserError(f"{path} holds a {run_config['model']} ({task}); use `convnext {DENSE_COMMANDS[task]}` for it "
+                        "(this command takes image classifiers)")
     if key is not None and key in raw and raw[key] is None:
         raise UserError(f"{path} holds no {key} weights (the run trained without them)")
     state = convert_state_dict(read_state_dict(raw, key=key))
