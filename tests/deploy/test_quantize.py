@@ -161,3 +161,12 @@ def test_a_damaged_bin_is_named_in_openvinos_own_words(setup, tmp_path, capsys):
     bad.with_suffix(".bin").write_bytes(setup["out"].with_suffix(".bin").read_bytes()[:1000])
     _one_line_error(capsys, ["predict", "--checkpoint", str(bad), str(setup["val"] / "3")],
                     "or its .bin is damaged: Incorrect weights in bin file")
+
+
+def test_export_names_an_int8_file_as_already_deployable(setup, tmp_path, capsys):
+    if not setup["out"].exists():
+        assert main(setup["args"]) == 0
+        capsys.readouterr()
+    _one_line_error(capsys, ["export", "--checkpoint", str(setup["out"]), "--format", "onnx", "--out",
+                             str(tmp_path / "x.onnx")], "is an INT8 model (OpenVINO IR), already a deployable file")
+    assert not (tmp_path / "x.onnx").exists()

@@ -65,7 +65,7 @@ def _args(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     given = [dest for dest in ("output", "restart", "iters", "device", "model", "batch_size", "workers", "json",
                                "plot", "corruptions", "severities", "seed")
-             if getattr(args, dest) is not None and getattr(args, dest) is not False
+             if (value := getattr(args, dest)) is not None and value is not False
              and dest not in DEMO_OPTIONS[args.task]]
     if given:
         flags = ", ".join(f"--{dest.replace('_', '-')}" for dest in given)

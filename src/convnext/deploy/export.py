@@ -37,6 +37,7 @@ from ..models.layers import LayerNorm2d, as_plain_convs
 from ..protocol import FromRun, Preprocessed, model_name
 from ..tasks.loading import load_model
 from ..weights import data_config, save_weights
+from ..weights.int8 import QuantizedModel
 
 FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
 ONNX_OPSET = 18
@@ -298,7 +299,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
         raise UserError("--layer-norms channels rewrites the fused model's LayerNorms: leave out --no-fuse")
     if fmt == "safetensors" and Path(path).suffix != ".safetensors":  # loaders tell the format by the suffix
         raise UserError(f"--out {path}: a safetensors file must end in .safetensors")
-    if not any(True for _ in model.parameters()):
+    if isinstance(model, QuantizedModel):
         raise UserError(f"{model_name(model)} is an INT8 model (OpenVINO IR), already a deployable file: export "
                         "the float checkpoint it was made from")
     if res is not None:

@@ -104,10 +104,11 @@ def read_training_state(path: str | os.PathLike) -> dict:
 def check_same_task(state: dict, path: Path, config: RunConfig) -> None:
     """A folder holding another task's run is named as such before anything is fitted to it (its settings
     would otherwise be read as this task's)."""
-    theirs = str(state["config"].get("model", ""))
-    if task_of_model(theirs) != task_of_model(config.model):
-        raise UserError(f"{path.parent} holds a {task_of_model(theirs)} run ({theirs}), not a "
-                        f"{task_of_model(config.model)} one: name another --output, or --restart to replace it")
+    model = str(state["config"].get("model", ""))
+    theirs, ours = task_of_model(model), task_of_model(config.model)
+    if theirs != ours:
+        raise UserError(f"{path.parent} holds a {theirs} run ({model}), not a {ours} one: name another --output, "
+                        "or --restart to replace it")
 
 
 def check_resumable(state: dict, path: Path, config: RunConfig, classes: list[str]) -> None:
