@@ -1,6 +1,6 @@
 """The two places where ConvNeXt wants a kernel PyTorch does not pick by itself, registered once each.
 
-- `DepthwiseConv2dFunction`: a stride-1 "same" depthwise convolution whose CPU float32 backward is two
+- `DepthwiseConv2dFunction`: a stride-1 "same" depthwise convolution whose CPU float32 and bf16 backward is two
   forward convolutions (input gradient: the flipped kernel; weight gradient: each input plane correlated
   with its own gradient plane), which oneDNN runs faster than its backward-weights kernel for 7x7
   depthwise filters, and whose bias gradient is a plain sum.
@@ -44,6 +44,11 @@ def _depthwise_weight_grad(x: Tensor, grad: Tensor, padding: int) -> Tensor:
     return out.view(n, c, *out.shape[-2:]).sum(0).unsqueeze(1)
 
 
+# Gradient dtypes whose CPU backward runs as two forward convolutions: for bf16 (autocast training) the library's
+# backward is slower still than for float32 (benchmarks/perf_table.py, "training bf16").
+_CPU_DEPTHWISE_DTYPES = (torch.float32, torch.bfloat16)
+
+
 class DepthwiseConv2dFunction(torch.autograd.Function):
     """A stride-1 "same" depthwise convolution with the backward described above.
 
@@ -71,11 +76,11 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
         # Under autocast the forward ran in the gradient's dtype (bf16), not the saved tensors' dtypes.
         xc, wc = x.to(grad.dtype), weight.to(grad.dtype)
         grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(weight.dtype) if need_b and ctx.has_bias else None
-        if x.device.type == "cpu" and grad.dtype == torch.float32:
+        if x.device.type == "cpu" and grad.dtype in _CPU_DEPTHWISE_DTYPES:
             flipped = wc.flip(-2, -1)
             grad_x = F.conv2d(grad, flipped, padding=ctx.padding, groups=weight.shape[0]) if need_x else None
             grad_w = _depthwise_weight_grad(xc, grad, ctx.padding) if need_w else None
-        else:  # elsewhere the library's own backward is the fast one
+        else:  # elsewhere (CUDA, float16) the library's own backward
             grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
                 grad, xc, wc, None, [1, 1], [ctx.padding] * 2, [1, 1], False, [0, 0], weight.shape[0],
                 [need_x, need_w, False])

@@ -2,8 +2,7 @@
 
 The network keeps its activations in channels_last memory, where an (N, C, H, W) tensor and its
 (N, H, W, C) permutation are the same bytes. The block therefore works on (N, H, W, C) like the paper's
-code, and its pointwise layers are `Pointwise` Linears that hand those bytes to a 1x1 convolution: on
-CPUs PyTorch sends that to oneDNN, whose GEMM beats the BLAS call behind ``F.linear`` on these shapes.
+code, and its pointwise layers are `Pointwise` Linears that read those bytes in place.
 """
 
 from __future__ import annotations
@@ -44,16 +43,14 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class Pointwise(nn.Linear):
-    """An ``nn.Linear`` over the last axis of an (N, H, W, C) tensor, run as a 1x1 convolution.
+    """The block's 1x1 layers: an ``nn.Linear`` over the last axis of an (N, H, W, C) tensor.
 
-    Same parameters, same result as the Linear, so tools that look for ``nn.Linear`` (hooks, LoRA,
-    pruning) find it; `as_linears` swaps in exact ``nn.Linear`` modules for tools that need that very type
-    (``torch.ao.quantization.quantize_dynamic``).
+    On channels_last activations that tensor is contiguous, so ``F.linear`` reads it in place and its
+    backward is two plain matrix products (a 1x1 convolution's backward is slower on CPUs: see the
+    "training" rows of ``benchmarks/perf_table.py``). The type remains, behaving as ``nn.Linear`` does, for
+    models pickled by earlier versions; `as_linears` swaps in exact ``nn.Linear`` modules for tools that match
+    that very type (``torch.ao.quantization.quantize_dynamic``).
     """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(x.permute(0, 3, 1, 2), self.weight[:, :, None, None], self.bias)
-        return y.permute(0, 2, 3, 1)
 
 
 class DepthwiseConv2d(nn.Conv2d):
