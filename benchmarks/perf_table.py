@@ -37,6 +37,8 @@ CPU_SETTINGS = {
     # Every PyTorch model through torch.compile (Inductor, weights frozen into the graph): each one's other mode.
     "inference fp32 compiled": dict(batches=[32], train=False, dtype="fp32", compile_mode="default", freezing=True),
     "inference bf16 compiled": dict(batches=[32], train=False, dtype="bf16", compile_mode="default", freezing=True),
+    "training fp32 compiled": dict(batches=[16], train=True, dtype="fp32", compile_mode="default"),
+    "training bf16 compiled": dict(batches=[16], train=True, dtype="bf16", compile_mode="default"),
     # Our INT8 model (`convnext quantize`) against our float32 eager model and OpenVINO's / ONNX Runtime's INT8.
     "inference int8": dict(batches=[32], train=False, dtype="int8"),
     # One thread, timed by the CPU time it used: what a shared machine's other load cannot inflate.
