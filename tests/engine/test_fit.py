@@ -1,6 +1,6 @@
-"""The one engine on a toy task: accumulation equals the full batch, a non-finite loss stops the run with one
-line and an intact last checkpoint, an interrupted run resumes bit for bit, and a period's row and the summary
-carry what the task reports."""
+"""The one engine on a toy task: accumulation equals the full batch (and casts weights once per step under amp),
+a non-finite loss stops the run with one line and an intact last checkpoint, an interrupted run resumes bit for
+bit, and a period's row and the summary carry what the task reports."""
 
 import json
 
@@ -147,3 +147,36 @@ def test_a_full_disk_while_writing_best_pt_is_redone_by_the_rerun(tmp_path, monk
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert failed == ["best.pt"] and last["epoch"] == 3 and last["best"]["epoch"] == 3
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 3
+
+
+class _WeightCasts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the casts of the model's weight matrix (shape (1, 4)) that reach the kernels."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and args[0].shape == (1, 4):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class CountedRegression(Regression):
+    def __init__(self, config: RunConfig):
+        super().__init__(config)
+        self.casts = _WeightCasts()
+
+    def step(self, net, batch, device):
+        with self.casts:
+            return super().step(net, batch, device)
+
+
+def test_under_amp_weights_are_cast_once_per_optimizer_step_not_per_micro_batch(tmp_path):
+    task = CountedRegression(config(tmp_path, batch_size=4, accum_steps=2, amp=True))
+    fit(task, log=lambda _: None)
+    steps = 3 * len(X) // 8  # three periods of four optimizer steps, two micro-batches each
+    assert task.calls == 2 * steps
+    assert task.casts.count == steps
+    saved = weights(tmp_path / "run" / "last.pt")
+    assert all(value.dtype == torch.float32 for value in saved.values())  # parameters stay float32

@@ -35,12 +35,17 @@ class Trainer:
     diverged: Callable[[str, int], UserError]  # (what, step in the period) -> the error that stops the run
 
 
+def _autocast(trainer: Trainer, enabled: bool = True) -> torch.autocast:
+    return torch.autocast(trainer.rt.device.type, dtype=trainer.amp_dtype,
+                          enabled=enabled and trainer.amp_dtype is not None)
+
+
 def _micro_step(trainer: Trainer, state: RunState, batch, sync: bool, step: int) -> tuple[dict, int]:
-    """Forward and backward of one micro-batch; returns its detached losses and image count."""
+    """Forward and backward of one micro-batch, inside the optimizer step's autocast region (see `train_period`);
+    returns its detached losses and image count."""
     rt = trainer.rt
     with nullcontext() if sync else trainer.net.no_sync():
-        with torch.autocast(rt.device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
-            out = trainer.task.step(trainer.net, batch, rt.device)
+        out = trainer.task.step(trainer.net, batch, rt.device)
         state.bad_images.update(int(i) for i in out.bad if i >= 0)
         loss = out.losses["loss"]
         finite = torch.isfinite(loss.detach()).float()
@@ -48,7 +53,8 @@ def _micro_step(trainer: Trainer, state: RunState, batch, sync: bool, step: int)
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if not finite.item():
             raise trainer.diverged(f"the loss became {loss.item()}", step)
-        state.scaler.scale(loss / trainer.accum_steps).backward()
+        with _autocast(trainer, enabled=False):  # the backward follows the forward's dtypes by itself
+            state.scaler.scale(loss / trainer.accum_steps).backward()
     return {k: v.detach() for k, v in out.losses.items()}, out.images
 
 
@@ -81,13 +87,16 @@ def train_period(trainer: Trainer, state: RunState, batches: Iterator, steps: in
     start = time.perf_counter()
     try:
         for step in range(state.step, steps):
-            for micro in range(trainer.accum_steps):
-                sync = micro == trainer.accum_steps - 1 or rt.world_size == 1
-                losses, count = _micro_step(trainer, state, next(batches), sync, step)
-                loss_sum += losses.pop("loss").double() * count
-                for key, value in losses.items():
-                    parts[key] = parts.get(key, 0.0) + value.double() * count
-                seen += count
+            # One autocast region per optimizer step: autocast keeps each weight's low-precision copy until the
+            # region ends, so the weights are cast once per step, not once per micro-batch.
+            with _autocast(trainer):
+                for micro in range(trainer.accum_steps):
+                    sync = micro == trainer.accum_steps - 1 or rt.world_size == 1
+                    losses, count = _micro_step(trainer, state, next(batches), sync, step)
+                    loss_sum += losses.pop("loss").double() * count
+                    for key, value in losses.items():
+                        parts[key] = parts.get(key, 0.0) + value.double() * count
+                    seen += count
             _optimizer_step(trainer, state)
             if interactive:
                 rate = seen * rt.world_size / max(time.perf_counter() - start, 1e-9)
