@@ -267,6 +267,17 @@ def test_threads_follow_the_idle_cores_unless_given(capsys):
     assert capsys.readouterr().err == "convnext info: error: --threads must be at least 1, got 0\n"
 
 
+def test_benchmark_warns_when_other_work_holds_the_cores_it_needs():
+    """`benchmark` keeps its thread count (every contender gets the same), so it says when the machine is busy."""
+    from convnext.cli.deploy import busy_note
+
+    assert busy_note(threads=2, cores=2, load=0.1) is None  # quiet
+    assert busy_note(threads=1, cores=2, load=0.9) is None  # one thread, one idle core
+    note = busy_note(threads=2, cores=2, load=1.8)
+    assert note.startswith("the load average is 1.8 on 2 cores") and note.endswith("--threads 1 suffers less")
+    assert "--threads 4" in busy_note(threads=16, cores=16, load=12.0)
+
+
 def test_every_demo_has_one_spelling_and_refuses_options_it_would_not_use(monkeypatch, capsys):
     """Issue 21: `convnext demo [TASK]` runs each task's demo (the older spellings run the same functions);
     an option the chosen demo has no use for is one line, never ignored."""

@@ -173,8 +173,10 @@ class CountedRegression(Regression):
 
 
 def test_under_amp_weights_are_cast_once_per_optimizer_step_not_per_micro_batch(tmp_path):
-    task = CountedRegression(config(tmp_path, batch_size=4, accum_steps=2, amp=True))
-    fit(task, log=lambda _: None)
+    task, lines = CountedRegression(config(tmp_path, batch_size=4, accum_steps=2, amp=True)), []
+    fit(task, log=lines.append)
+    assert ("mixed precision: bfloat16 autocast for the forward passes; weights, gradients and optimizer state stay "
+            "float32") in lines  # said, not only stored in config.json
     steps = 3 * len(X) // 8  # three periods of four optimizer steps, two micro-batches each
     assert task.calls == 2 * steps
     assert task.casts.count == steps

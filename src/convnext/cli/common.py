@@ -115,12 +115,17 @@ def choose_threads(given: int | None, cores: int, load: float, env: str | None) 
     return max(1, min(cores, round(cores - load)))
 
 
+def cores_and_load() -> tuple[int, float]:
+    """The cores this process may run on and the 1-minute load average (0 where the system has none)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
 def _use_threads(given: int | None) -> int | None:
     """Set PyTorch's thread count for this command; returns the count to restore afterwards (or None)."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cores, load = cores_and_load()
     threads = choose_threads(given, cores, load, os.environ.get("OMP_NUM_THREADS"))
     previous = torch.get_num_threads()
     if threads is None or threads == previous:

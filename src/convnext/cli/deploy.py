@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Commands, add_device, add_output, add_weights, comma_list, parse_device
+from .common import Commands, add_device, add_output, add_weights, comma_list, cores_and_load, parse_device
 
 
 def add_export(sub: Commands) -> None:
@@ -180,7 +180,21 @@ def _machine_settings(args: argparse.Namespace) -> bool:
     if args.keep_freed_memory and not kept:
         print("convnext benchmark: --keep-freed-memory needs glibc; running with the default allocator",
               file=sys.stderr)
+    busy = busy_note(torch.get_num_threads(), *cores_and_load())
+    if busy:
+        print(f"convnext benchmark: {busy}", file=sys.stderr)
     return kept
+
+
+def busy_note(threads: int, cores: int, load: float) -> str | None:
+    """A warning when other work already occupies the cores this benchmark's threads need: unlike the other
+    commands it keeps its thread count (every contender gets the same), and threads that wait on each other on
+    busy cores run several times slower."""
+    if load < 0.5 or threads + load <= cores + 0.5:
+        return None
+    return (f"the load average is {load:.1f} on {cores} cores before we start: images/s will be lower and noisier "
+            f"than on a quiet machine (ratios, measured in the same rounds, hold better); --threads "
+            f"{max(1, round(cores - load))} suffers less")
 
 
 # What --table 12 would not use: it times inference in float32 (TF32 on CUDA) against Swin, eager and channels_last.

@@ -74,6 +74,10 @@ def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: 
         for line in lines:
             say(line)
     state, net = build_state(task, rt, fresh=saved is None, say=say)
+    amp_dtype = autocast_dtype(config.amp, rt.device)
+    if amp_dtype is not None:
+        say(f"mixed precision: {str(amp_dtype).removeprefix('torch.')} autocast for the forward passes; weights, "
+            f"gradients and optimizer state stay float32")
     seed_process(config.seed, rt.rank)
     if restore_or_start_over(state, saved, folder, rt, resume=resume):
         say(f"{folder.folder} already holds a finished {schedule.length()} run (--restart to train again)"
