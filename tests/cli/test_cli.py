@@ -317,3 +317,18 @@ def test_the_robustness_demo_fills_the_run_defaults(monkeypatch):
 def test_info_bounds_each_side_of_a_resolution(capsys):
     assert main(["info", "convnext_tiny", "--res", "32x100000"]) == 2
     assert "--res must be from 32" in capsys.readouterr().err
+
+
+def test_an_interrupted_training_command_says_how_to_resume(monkeypatch, capsys, tmp_path):
+    from convnext.cli import classify
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(classify, "_train", interrupted)
+    assert main(["train", "--data", str(tmp_path), "--output", str(tmp_path / "run")]) == 130
+    assert capsys.readouterr().err == ("convnext train: interrupted (rerun the same command to resume from its last "
+                                       "checkpoint)\n")
+    monkeypatch.setattr(classify, "_evaluate", interrupted)
+    assert main(["evaluate", "--data", str(tmp_path), "--checkpoint", str(tmp_path / "x.pt")]) == 130
+    assert capsys.readouterr().err == "convnext evaluate: interrupted\n"

@@ -46,7 +46,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    "scaling on GPUs without bf16")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--restart", action="store_true", help="start over even if RUN_DIR holds a checkpoint")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, resumes=True)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -147,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"convnext {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"convnext {args.command}: interrupted", file=sys.stderr)
+        resumes = getattr(args, "resumes", False)  # training commands: their run folder keeps the last checkpoint
+        resume = " (rerun the same command to resume from its last checkpoint)" if resumes else ""
+        print(f"convnext {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `convnext ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -55,7 +55,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     add_settings(p, "any other setting, e.g. drop_path=0.2, layer_decay=0.9, model_args='{\"dims\": [...]}' "
                  "(several after one --set; --set may repeat)")
     p.add_argument("--restart", action="store_true", help="replace the run in the output folder")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, resumes=True)
 
 
 def _train(args: argparse.Namespace) -> int:

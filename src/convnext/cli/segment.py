@@ -58,7 +58,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", action="store_true", help="replace the run in the output folder")
     p.add_argument("--demo", action="store_true", help="same as `convnext demo segment`: scenes cut from real "
                    "photos, a small UperNet trained from scratch on the CPU, then evaluated single- and multi-scale")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, resumes=True)
 
 
 def _train(args: argparse.Namespace) -> int:
