@@ -92,7 +92,9 @@ def train_period(trainer: Trainer, state: RunState, batches: Iterator, steps: in
             with _autocast(trainer):
                 for micro in range(trainer.accum_steps):
                     sync = micro == trainer.accum_steps - 1 or rt.world_size == 1
-                    losses, count = _micro_step(trainer, state, next(batches), sync, step)
+                    with _autocast(trainer, enabled=False):  # loading (workers=0: in this process) as ever
+                        batch = next(batches)
+                    losses, count = _micro_step(trainer, state, batch, sync, step)
                     loss_sum += losses.pop("loss").double() * count
                     for key, value in losses.items():
                         parts[key] = parts.get(key, 0.0) + value.double() * count

@@ -36,12 +36,13 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 
 
 def _depthwise_weight_grad(x: Tensor, grad: Tensor, padding: int) -> Tensor:
-    """Every (sample, channel) plane of ``x`` correlated with its own gradient plane, summed over the batch."""
+    """Every (sample, channel) plane of ``x`` correlated with its own gradient plane, summed over the batch in
+    float32 (in bf16 each sample's part is rounded once, and the sum not again)."""
     n, c, h, w = x.shape
     planes = x.contiguous().view(1, n * c, h, w)
     kernels = grad.contiguous().view(n * c, 1, h, w)
     out = F.conv2d(planes, kernels, padding=padding, groups=n * c)
-    return out.view(n, c, *out.shape[-2:]).sum(0).unsqueeze(1)
+    return out.view(n, c, *out.shape[-2:]).sum(0, dtype=torch.float32).unsqueeze(1)
 
 
 # Gradient dtypes whose CPU backward runs as two forward convolutions: for bf16 (autocast training) the library's
@@ -80,7 +81,7 @@ class DepthwiseConv2dFunction(torch.autograd.Function):
             flipped = wc.flip(-2, -1)
             grad_x = F.conv2d(grad, flipped, padding=ctx.padding, groups=weight.shape[0]) if need_x else None
             grad_w = _depthwise_weight_grad(xc, grad, ctx.padding) if need_w else None
-        else:  # elsewhere (CUDA, float16) the library's own backward
+        else:  # elsewhere (CUDA; float16, float64) the library's own backward
             grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
                 grad, xc, wc, None, [1, 1], [ctx.padding] * 2, [1, 1], False, [0, 0], weight.shape[0],
                 [need_x, need_w, False])

@@ -46,9 +46,9 @@ class Pointwise(nn.Linear):
     """The block's 1x1 layers: an ``nn.Linear`` over the last axis of an (N, H, W, C) tensor.
 
     On channels_last activations that tensor is contiguous, so ``F.linear`` reads it in place and its
-    backward is two plain matrix products (a 1x1 convolution's backward is slower on CPUs: see the
-    "training" rows of ``benchmarks/perf_table.py``). The type remains, behaving as ``nn.Linear`` does, for
-    models pickled by earlier versions; `as_linears` swaps in exact ``nn.Linear`` modules for tools that match
+    backward is two plain matrix products, which train faster on CPUs than a 1x1 convolution's backward (the
+    layer ran as one until 2026-12). Its own type names the block's layers for what it is (and keeps models
+    pickled by earlier versions loading); `as_linears` swaps in exact ``nn.Linear`` modules for tools that match
     that very type (``torch.ao.quantization.quantize_dynamic``).
     """
 
