@@ -278,6 +278,19 @@ def test_benchmark_warns_when_other_work_holds_the_cores_it_needs():
     assert "--threads 4" in busy_note(threads=16, cores=16, load=12.0)
 
 
+def test_the_busy_note_follows_the_results_and_never_lengthens_an_error(monkeypatch, capsys):
+    from convnext.cli import deploy
+
+    monkeypatch.setattr(deploy, "cores_and_load", lambda: (2, 1.8))
+    args = ["benchmark", "--model", "convnext_atto", "--res", "32", "--batch", "1", "--warmup", "0", "--peers",
+            "none", "--threads", "2"]
+    assert main([*args, "--rounds", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # the error alone
+    assert main([*args, "--rounds", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert "convnext_atto" in out and err.splitlines()[-1].startswith("convnext benchmark: note: the load average")
+
+
 def test_every_demo_has_one_spelling_and_refuses_options_it_would_not_use(monkeypatch, capsys):
     """Issue 21: `convnext demo [TASK]` runs each task's demo (the older spellings run the same functions);
     an option the chosen demo has no use for is one line, never ignored."""

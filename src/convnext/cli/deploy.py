@@ -146,7 +146,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         res = int(args.res or 224)
     except ValueError:
         raise UserError(f"--res must be one whole number (without --table 12), got {args.res!r}") from None
-    kept = _machine_settings(args)
+    kept, busy = _machine_settings(args)
     device = args.device or parse_device(None).type  # cuda without CUDA: run_benchmark says so, in its turn
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
     report = benchmark.run_benchmark(models, batches=batches, res=res, dtype=dtype, train=args.train,
@@ -159,15 +159,17 @@ def _benchmark(args: argparse.Namespace) -> int:
         benchmark.plot_throughput(report, args.plot)
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    print(benchmark.format_report(report))
-    if args.plot:
-        print(f"wrote {args.plot}")
+    else:
+        print(benchmark.format_report(report))
+        if args.plot:
+            print(f"wrote {args.plot}")
+    _say_busy(busy)
     return 0
 
 
-def _machine_settings(args: argparse.Namespace) -> bool:
-    """--threads and --keep-freed-memory, process-wide; whether freed memory is kept."""
+def _machine_settings(args: argparse.Namespace) -> tuple[bool, str | None]:
+    """--threads and --keep-freed-memory, process-wide; whether freed memory is kept, and a note (said after the
+    results, so that an error stays one line) when other work already holds the cores the threads need."""
     import torch
 
     from ..deploy.allocator import keep_freed_memory
@@ -180,10 +182,12 @@ def _machine_settings(args: argparse.Namespace) -> bool:
     if args.keep_freed_memory and not kept:
         print("convnext benchmark: --keep-freed-memory needs glibc; running with the default allocator",
               file=sys.stderr)
-    busy = busy_note(torch.get_num_threads(), *cores_and_load())
+    return kept, busy_note(torch.get_num_threads(), *cores_and_load())
+
+
+def _say_busy(busy: str | None) -> None:
     if busy:
-        print(f"convnext benchmark: {busy}", file=sys.stderr)
-    return kept
+        print(f"convnext benchmark: note: {busy}", file=sys.stderr)
 
 
 def busy_note(threads: int, cores: int, load: float) -> str | None:
@@ -218,7 +222,7 @@ def _table(args: argparse.Namespace) -> int:
     device = args.device or parse_device(None).type
     sizes = table12.parse_sizes(args.model)
     resolutions = table12.parse_resolutions(args.res, table12.DEFAULTS["cuda" if device == "cuda" else "cpu"]["res"])
-    kept = _machine_settings(args)
+    kept, busy = _machine_settings(args)
     progress = None if args.json else (lambda message: print(message, file=sys.stderr, flush=True))
     report = table12.run_table12(sizes, resolutions, batch=None if args.batch is None else int(args.batch),
                                  rounds=args.rounds, warmup=args.warmup, device=device, progress=progress)
@@ -229,6 +233,7 @@ def _table(args: argparse.Namespace) -> int:
     else:
         print(table12.format_table12(report), end="")
     print(f"wrote {markdown} and {data}", file=sys.stderr if args.json else sys.stdout)
+    _say_busy(busy)
     return 0
 
 
