@@ -345,3 +345,16 @@ def test_an_interrupted_training_command_says_how_to_resume(monkeypatch, capsys,
     monkeypatch.setattr(classify, "_evaluate", interrupted)
     assert main(["evaluate", "--data", str(tmp_path), "--checkpoint", str(tmp_path / "x.pt")]) == 130
     assert capsys.readouterr().err == "convnext evaluate: interrupted\n"
+
+
+def test_the_command_line_keeps_freed_memory_for_its_process_and_in_process_callers_choose(monkeypatch, capsys):
+    import convnext.deploy.allocator as allocator
+
+    calls = []
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert main(["models"]) == 0 and calls == []  # a Python caller's process is its own
+    monkeypatch.setattr(sys, "argv", ["convnext", "models"])
+    assert main() == 0 and calls == [1]  # the `convnext` command's process is the command's
+    monkeypatch.setattr(sys, "argv", ["convnext", "benchmark", "--model", ","])
+    assert main() == 2 and calls == [1]  # benchmark: --keep-freed-memory decides, for every contender
+    capsys.readouterr()
