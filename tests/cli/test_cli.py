@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import torch
+
 from convnext.cli import main
 
 
@@ -284,9 +286,13 @@ def test_the_busy_note_follows_the_results_and_never_lengthens_an_error(monkeypa
     monkeypatch.setattr(deploy, "cores_and_load", lambda: (2, 1.8))
     args = ["benchmark", "--model", "convnext_atto", "--res", "32", "--batch", "1", "--warmup", "0", "--peers",
             "none", "--threads", "2"]
-    assert main([*args, "--rounds", "0"]) == 2
-    assert capsys.readouterr().err.count("\n") == 1  # the error alone
-    assert main([*args, "--rounds", "1"]) == 0
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args, "--rounds", "0"]) == 2
+        assert capsys.readouterr().err.count("\n") == 1  # the error alone
+        assert main([*args, "--rounds", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # benchmark keeps the count it was given
     out, err = capsys.readouterr()
     assert "convnext_atto" in out and err.splitlines()[-1].startswith("convnext benchmark: note: the load average")
 
@@ -357,4 +363,7 @@ def test_the_command_line_keeps_freed_memory_for_its_process_and_in_process_call
     assert main() == 0 and calls == [1]  # the `convnext` command's process is the command's
     monkeypatch.setattr(sys, "argv", ["convnext", "benchmark", "--model", ","])
     assert main() == 2 and calls == [1]  # benchmark: --keep-freed-memory decides, for every contender
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU run: it would only hold host memory
+    monkeypatch.setattr(sys, "argv", ["convnext", "models"])
+    assert main() == 0 and calls == [1]
     capsys.readouterr()

@@ -32,15 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (None: this process's own, ``sys.argv``).
 
-    From the command line the process is the command's: glibc keeps freed memory for it, so each step reuses
-    its big activation buffers instead of page-faulting fresh ones in (training steps 10-20% faster on CPUs),
-    except in `benchmark`, whose ``--keep-freed-memory`` decides for every contender alike. A Python caller that
-    passes ``argv`` keeps its allocator as it is (`convnext.keep_freed_memory` opts in).
+    From the command line the process is the command's: when it runs on the CPU, glibc keeps freed memory for
+    it, so each step reuses its big activation buffers instead of page-faulting fresh ones in (training steps
+    10-20% faster), except in `benchmark`, whose ``--keep-freed-memory`` decides for every contender alike. A
+    Python caller that passes ``argv`` keeps its allocator as it is (`convnext.keep_freed_memory` opts in).
     """
     tolerant_output()
     args = build_parser().parse_args(argv)
-    if argv is None and not getattr(args, "own_threads", False):
-        from ..deploy.allocator import keep_freed_memory
-
-        keep_freed_memory()
+    args.own_process = argv is None
     return run(args)
