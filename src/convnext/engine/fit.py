@@ -74,10 +74,6 @@ def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: 
         for line in lines:
             say(line)
     state, net = build_state(task, rt, fresh=saved is None, say=say)
-    amp_dtype = autocast_dtype(config.amp, rt.device)
-    if amp_dtype is not None:
-        say(f"mixed precision: {str(amp_dtype).removeprefix('torch.')} autocast for the forward passes; weights, "
-            f"gradients and optimizer state stay float32")
     seed_process(config.seed, rt.rank)
     if restore_or_start_over(state, saved, folder, rt, resume=resume):
         say(f"{folder.folder} already holds a finished {schedule.length()} run (--restart to train again)"
@@ -202,6 +198,9 @@ def _periods(run: Run, net: torch.nn.Module) -> None:
     trainer = Trainer(task=task, net=net, rt=rt, accum_steps=config.accum_steps, clip_grad=config.clip_grad,
                       amp_dtype=autocast_dtype(config.amp, rt.device), save_every_steps=config.save_every_steps,
                       diverged=run.diverged)
+    if trainer.amp_dtype is not None and state.epoch < schedule.periods:
+        run.say(f"mixed precision: {str(trainer.amp_dtype).removeprefix('torch.')} autocast for the forward passes; "
+                "weights, gradients and optimizer state stay float32")
     run.started = time.perf_counter()
     for period in range(state.epoch, schedule.periods):
         steps = schedule.steps(period)
