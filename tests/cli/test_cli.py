@@ -72,6 +72,9 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
     Image.new("RGB", (40, 40)).save(tmp_path / "photo.png")
     cases = [
         (["train", "--lr", "-1"], "lr=-1.0: must be above 0"),
+        # more workers than cores: the lowered count is said only once the data is there
+        (["train", "--data", str(tmp_path / "nowhere"), "--workers", "64", "--output", str(tmp_path / "run")],
+         "data folder not found"),
         (["train", "--lr", "nan"], "lr=nan: must be above 0"),
         (["train", "--workers", "-1"], "workers=-1"),
         (["train", "--set", "epochs=true"], "epochs=True: expected a whole number"),

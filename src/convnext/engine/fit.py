@@ -62,7 +62,7 @@ def build_state(task: Task, rt: Runtime, *, fresh: bool, say: Say) -> tuple[RunS
 
 def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: Say) -> dict:
     config = task.config
-    cap_workers(config, say)
+    workers_note = cap_workers(config)
     saved = folder.resume_state() if resume else None
     if saved is None:
         schedule = task.prepare(rt, say)
@@ -73,6 +73,8 @@ def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: 
         check_resumable(saved, folder.last, config, task.classes)
         for line in lines:
             say(line)
+    if workers_note:  # after the data is found: a missing folder's error stands alone
+        say(workers_note)
     state, net = build_state(task, rt, fresh=saved is None, say=say)
     seed_process(config.seed, rt.rank)
     if restore_or_start_over(state, saved, folder, rt, resume=resume):

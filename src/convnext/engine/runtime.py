@@ -87,10 +87,12 @@ def usable_workers(requested: int, processes_per_machine: int = 1) -> int:
     return min(requested, max(1, cores // processes_per_machine))
 
 
-def cap_workers(config, say) -> None:
-    """``config.workers`` DataLoader workers no more than this process's share of the CPU cores (said when
-    lowered)."""
+def cap_workers(config) -> str | None:
+    """Lower ``config.workers`` to this process's share of the CPU cores; returns the line that says so, for
+    the caller to say once the run's data is known to be there, or None."""
     workers = usable_workers(config.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if workers < config.workers:
-        say(f"DataLoader workers {config.workers} -> {workers}: no more than this process's CPU cores")
-        config.workers = workers
+    if workers >= config.workers:
+        return None
+    note = f"DataLoader workers {config.workers} -> {workers}: no more than this process's CPU cores"
+    config.workers = workers
+    return note
