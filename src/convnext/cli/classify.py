@@ -79,15 +79,20 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     add_device(p)
+    _add_dtype(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_evaluate)
 
 
 def _print_metrics(metrics: dict) -> None:
+    from ..tasks.classification.evaluate import describe_agreement
+
     print(f"{metrics['model']} ({metrics['checkpoint']}{', EMA' if metrics['ema'] else ''}) at "
-          f"{metrics['res']}px, crop {metrics['crop_pct']}: {metrics['count']} images")
+          f"{metrics['res']}px, crop {metrics['crop_pct']}, {metrics['dtype']}: {metrics['count']} images")
     top5 = f"top-5 {metrics['top5']:.2f}%   " if len(metrics["classes"]) > 5 else ""  # with <= 5 classes: 100%
     print(f"  top-1 {metrics['top1']:.2f}%   {top5}loss {metrics['loss']:.4f}")
+    if "agreement" in metrics:  # a bf16 evaluation: what the cast cost, image by image
+        print(f"  {metrics['dtype']} against float32: {describe_agreement(metrics['agreement'])}")
     if metrics["skipped"]:
         print(f"  {metrics['skipped']} unreadable images left out")
     print("  per-class top-1:")
@@ -96,11 +101,13 @@ def _print_metrics(metrics: dict) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    import torch
+
     from ..tasks.classification.evaluate import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.model, args.checkpoint, args.data, ema=args.ema, res=args.res,
                                   batch_size=args.batch_size, workers=args.workers,
-                                  device=parse_device(args.device))
+                                  device=parse_device(args.device), dtype=getattr(torch, FLOAT_DTYPES[args.dtype]))
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -156,11 +163,18 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", metavar="FILE", help="class names, one per line in index order (default: "
                    "the names of released weights' label set, else class indices)")
     add_device(p)
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: the fused model with its weights cast once to bf16, for CPUs with AMX/AVX-512-BF16 "
-                   "and GPUs (default fp32)")
+    _add_dtype(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_predict)
+
+
+FLOAT_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def _add_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="fp32", choices=list(FLOAT_DTYPES),
+                   help="bf16: the fused model with its weights cast once to bf16, for CPUs with AMX/AVX-512-BF16 "
+                   "and GPUs (default fp32)")
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -174,7 +188,7 @@ def _predict(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     import torch
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dtype = getattr(torch, FLOAT_DTYPES[args.dtype])
     model = load_model(args.model, checkpoint=args.checkpoint, pretrained=args.pretrained).fuse_for_inference(dtype)
     model.to(device)
     precision = "int8" if isinstance(model, QuantizedModel) else args.dtype  # an INT8 file runs as it was made

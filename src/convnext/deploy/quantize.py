@@ -31,6 +31,7 @@ from torch import nn
 from ..data.images import eval_transform, load_image
 from ..errors import UserError
 from ..files import atomic_path, make_folder, remove_dead_temps, temp_path, write_problem
+from ..tasks.classification.evaluate import Agreement, describe_agreement
 from ..tasks.classification.predict import find_images
 from ..weights.int8 import _RT_KEY, BACKENDS, SUFFIX, QuantizedModel, load_quantized, require_backend
 
@@ -129,24 +130,16 @@ def save_quantized(model: QuantizedModel, path: str | os.PathLike) -> Path:
 
 @torch.inference_mode()
 def compare(reference: nn.Module, quantized: nn.Module, images: torch.Tensor, batch_size: int = 32) -> dict:
-    """How far the INT8 logits stray from the float model's on ``images``: max abs difference, the float
-    logits' range for scale, and the share of images whose top-1 class is unchanged (percent)."""
-    reference = reference.eval()
-    diff, span, same = 0.0, 0.0, 0
+    """How far the INT8 logits stray from the float model's on ``images`` (`Agreement`'s measures)."""
+    agreement = Agreement(reference, torch.device("cpu"))
     for batch in images.split(batch_size):
-        ref, out = reference(batch).float(), quantized(batch).float()
-        diff = max(diff, (ref - out).abs().max().item())
-        span = max(span, ref.abs().max().item())
-        same += (ref.argmax(1) == out.argmax(1)).sum().item()
-    return dict(max_logit_diff=diff, max_abs_logit=span, top1_agreement=100 * same / len(images),
-                count=len(images))
+        agreement.add(batch, quantized(batch).float())
+    return agreement.result()
 
 
 def report_lines(agreement: dict, accuracy: Sequence[tuple[str, dict]] | None = None) -> Iterable[str]:
     """The human-readable summary `convnext quantize` prints."""
-    yield (f"calibration images: top-1 agreement {agreement['top1_agreement']:.2f}% of {agreement['count']}, "
-           f"max |logit difference| {agreement['max_logit_diff']:.4f} (float logits up to "
-           f"{agreement['max_abs_logit']:.2f})")
+    yield f"calibration images: {describe_agreement(agreement)}"
     if accuracy:
         (_, fp32), (_, int8) = accuracy
         yield (f"validation ({fp32['count']} images): float32 top-1 {fp32['top1']:.2f}%, INT8 top-1 "

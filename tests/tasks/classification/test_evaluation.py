@@ -9,7 +9,7 @@ from torch import nn
 from convnext.cli import main
 from convnext.errors import UserError
 from convnext.tasks.classification.config import resolve_config
-from convnext.tasks.classification.evaluate import evaluate, evaluate_checkpoint
+from convnext.tasks.classification.evaluate import Agreement, evaluate, evaluate_checkpoint
 from convnext.tasks.classification.train import train
 
 TINY = 'model_args={"dims": [8, 16, 32, 64], "depths": [1, 1, 1, 1]}'
@@ -75,6 +75,30 @@ def test_cli_evaluate_json_and_text(trained, capsys):
     text = capsys.readouterr().out
     assert "top-1" in text and "per-class top-1" in text and "    c " in text
     assert "top-5" not in text  # always 100% with 3 classes
+
+
+def test_bf16_evaluation_scores_the_cast_model_and_says_what_the_cast_cost(trained, capsys):
+    data, run = trained
+    fp32 = evaluate_checkpoint("convnext_atto", run / "last.pt", data)
+    bf16 = evaluate_checkpoint("convnext_atto", run / "last.pt", data, dtype=torch.bfloat16)
+    assert "agreement" not in fp32 and fp32["dtype"] == "float32" and bf16["dtype"] == "bfloat16"
+    agreement = bf16["agreement"]
+    assert agreement["count"] == bf16["count"] == 9
+    # the cast moves logits by bf16 rounding: a little, not nothing, and far less than their range
+    assert 0 < agreement["max_logit_diff"] < 0.05 * agreement["max_abs_logit"]
+    assert agreement["top1_agreement"] >= 100 * 8 / 9 and abs(bf16["top1"] - fp32["top1"]) <= 100 / 9 + 1e-6
+    assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--data", str(data), "--workers", "0",
+                 "--dtype", "bf16"]) == 0
+    text = capsys.readouterr().out
+    assert "bfloat16: 9 images" in text and "bfloat16 against float32: top-1 agreement" in text
+
+
+def test_agreement_by_hand():
+    reference = Fixed()
+    agreement = Agreement(reference, torch.device("cpu"))
+    images = torch.tensor([[3.0, 1.0], [0.0, -4.0]])
+    agreement.add(images, torch.tensor([[2.5, 1.0], [0.0, 1.0]]))  # first keeps its class, second flips
+    assert agreement.result() == dict(top1_agreement=50.0, max_logit_diff=5.0, max_abs_logit=4.0, count=2)
 
 
 @pytest.mark.parametrize("argv,message", [

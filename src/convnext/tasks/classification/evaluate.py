@@ -31,15 +31,20 @@ def evaluate(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     channels_last: bool = True,
+    reference: nn.Module | None = None,
 ) -> dict:
     """Metrics of ``model`` on ``(images, labels[, bad_index])`` batches; label -1 marks an image left out.
+    Images reach ``model`` in its weights' dtype (a bf16 model gets bf16 images).
 
     Returns ``top1``/``top5`` (percent), ``loss`` (mean cross-entropy), ``per_class`` (percent, None for a
-    class without images), ``count`` (images scored) and ``skipped`` (unreadable images).
+    class without images), ``count`` (images scored) and ``skipped`` (unreadable images); with a float
+    ``reference`` model also ``agreement`` (see `Agreement`).
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    input_dtype = next(model.parameters(), torch.empty(0)).dtype
+    agreement = Agreement(reference, device) if reference is not None else None
     # per class: images, top-1 hits, top-5 hits; then total loss and skipped images
     per_class = torch.zeros(3, num_classes, dtype=torch.float64, device=device)
     totals = torch.zeros(2, dtype=torch.float64, device=device)
@@ -54,8 +59,10 @@ def evaluate(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(images)
+            logits = model(images.to(input_dtype))
         logits = logits.float()
+        if agreement is not None:
+            agreement.add(images, logits)
         totals[0] += F.cross_entropy(logits, labels, reduction="sum").double()
         top = logits.topk(k, dim=1).indices
         hits1 = (top[:, 0] == labels).double()
@@ -68,10 +75,12 @@ def evaluate(
         dist.all_reduce(totals)
     model.train(was_training)
     count = per_class[0].sum().item()
+    extra = {} if agreement is None else dict(agreement=agreement.result())
     if count == 0:
         return dict(top1=0.0, top5=0.0, loss=float("nan"), per_class=[None] * num_classes, count=0,
-                    skipped=int(totals[1].item()))
+                    skipped=int(totals[1].item()), **extra)
     return dict(
+        **extra,
         top1=100 * per_class[1].sum().item() / count,
         top5=100 * per_class[2].sum().item() / count,
         loss=totals[0].item() / count,
@@ -82,25 +91,61 @@ def evaluate(
     )
 
 
+class Agreement:
+    """How far a model's logits stray from a float ``reference`` model's on the same images: what casting to bf16
+    (or quantizing) costs, image by image, beyond what top-1 on the labels shows."""
+
+    def __init__(self, reference: nn.Module, device: torch.device):
+        self.reference = reference.eval().to(device)
+        self.same = torch.zeros((), dtype=torch.float64, device=device)  # images whose top-1 class is unchanged
+        self.extremes = torch.zeros(2, dtype=torch.float64, device=device)  # max |difference|, max |reference|
+        self.count = 0
+
+    def add(self, images: torch.Tensor, logits: torch.Tensor) -> None:
+        expected = self.reference(images).float()
+        self.same += (expected.argmax(1) == logits.argmax(1)).sum()
+        self.extremes = torch.maximum(self.extremes, torch.stack([(expected - logits).abs().max(),
+                                                                  expected.abs().max()]).double())
+        self.count += len(images)
+
+    def result(self) -> dict:
+        """``top1_agreement`` (percent of images), ``max_logit_diff``, ``max_abs_logit`` (the reference's, for
+        scale) and ``count``, over every rank's images when running distributed."""
+        count = torch.tensor(float(self.count), dtype=torch.float64, device=self.same.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.same)
+            dist.all_reduce(count)
+            dist.all_reduce(self.extremes, op=dist.ReduceOp.MAX)
+        n = int(count.item())
+        return dict(top1_agreement=100 * self.same.item() / n if n else 0.0, max_logit_diff=self.extremes[0].item(),
+                    max_abs_logit=self.extremes[1].item(), count=n)
+
+
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike,
                         data: str | os.PathLike | None = None, *, ema: bool = False, res: int | None = None,
-                        batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu") -> dict:
+                        batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> dict:
     """Score a checkpoint on an image folder (``DIR/val`` when present) or, without ``data``, on the held-out
     digits. The model is rebuilt by ``load_model`` (a run checkpoint names its own model, options and
-    evaluation preprocessing); the metrics of ``evaluate`` plus ``classes`` are returned."""
+    evaluation preprocessing); the metrics of ``evaluate`` plus ``classes`` are returned (see `evaluate_model`
+    for ``dtype``)."""
     if batch_size < 1 or workers < 0:
         raise UserError(f"--batch-size must be at least 1 and --workers at least 0, got {batch_size} and {workers}")
     if res is not None:
         check_resolution(res)
     model = load_model(model_name, checkpoint=checkpoint, key="model_ema" if ema else None)
-    metrics = evaluate_model(model, data, res=res, batch_size=batch_size, workers=workers, device=device)
+    metrics = evaluate_model(model, data, res=res, batch_size=batch_size, workers=workers, device=device,
+                             dtype=dtype)
     return dict(metrics, checkpoint=str(checkpoint), ema=ema)
 
 
 def evaluate_model(model: nn.Module, data: str | os.PathLike | None = None, *, res: int | None = None,
-                   batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu") -> dict:
+                   batch_size: int = 64, workers: int = 0, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> dict:
     """`evaluate` of a loaded model (with its ``pretrained_cfg``) on an image folder (``DIR/val`` when present)
-    or the held-out digits, after checking that the data's classes are the model's."""
+    or the held-out digits, after checking that the data's classes are the model's. With another ``dtype``
+    (bf16) the scored model is the fused one cast to it, and its ``agreement`` with the float model is
+    measured on the same images."""
     if data is None:
         source = Digits("val")
     else:
@@ -120,6 +165,15 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike | None = None, *, r
         config = dict(data_config(res), mean=config["mean"], std=config["std"])
     loader = DataLoader(EvalImages(source, config), batch_size=batch_size, num_workers=workers)
     device = torch.device(device)
-    metrics = evaluate(model.to(device), loader, len(classes), device=device)
+    reference = None
+    if dtype != torch.float32:
+        reference, model = model, model.fuse_for_inference(dtype)
+    metrics = evaluate(model.to(device), loader, len(classes), device=device, reference=reference)
     return dict(metrics, classes=classes, model=model.model_name, res=config["input_size"][-1],
-                crop_pct=config["crop_pct"])
+                crop_pct=config["crop_pct"], dtype=str(dtype).removeprefix("torch."))
+
+
+def describe_agreement(agreement: dict) -> str:
+    """`Agreement`'s result in words, as `convnext evaluate` and `convnext quantize` print it."""
+    return (f"top-1 agreement {agreement['top1_agreement']:.2f}% of {agreement['count']} images, max |logit "
+            f"difference| {agreement['max_logit_diff']:.4f} (float logits up to {agreement['max_abs_logit']:.2f})")
