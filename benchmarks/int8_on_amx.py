@@ -1,6 +1,8 @@
 """Can an INT8 ConvNeXt-T beat our bf16 path by 1.3x on an AMX CPU? Every INT8 toolchain at hand, one process.
 
-Contenders, timed in interleaved rounds (batch 32, the process's threads, glibc keeping freed memory):
+It reuses `convnext.deploy.benchmark`'s private timing helpers on purpose: the same rounds and ratios as the
+README's performance table. Contenders, timed in interleaved rounds (batch 32, the process's threads, glibc
+keeping freed memory):
 - ``bf16 fused``: ``fuse_for_inference(torch.bfloat16)``, the reference every ratio is taken against;
 - ``INT8 OpenVINO``: what `convnext quantize` writes (NNCF, transformer mode, head float), calibrated here on
   random images (speed does not depend on the ranges);
@@ -28,7 +30,7 @@ import torch
 
 from convnext import as_linears, create_model
 from convnext.deploy.allocator import keep_freed_memory
-from convnext.deploy.benchmark import _calibration, _interleaved_rounds, _our_int8, machine_info, round_ratios
+from convnext.deploy.benchmark import _calibration, _interleaved_rounds, _our_int8, _spread, machine_info, round_ratios
 
 BATCH, RES, MODEL = 32, 224, "convnext_tiny"
 
@@ -71,6 +73,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, help="also write the markdown here")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     keep_freed_memory()
     torch.manual_seed(0)
     model = create_model(MODEL, num_classes=1000).eval()
@@ -104,7 +108,8 @@ def _markdown(speeds: dict[str, list[float]], skipped: dict[str, str], rounds: i
              "", "| implementation | images/s | / bf16 fused |", "|---|---|---|"]
     for name, values in speeds.items():
         ratio = round_ratios(values, speeds["bf16 fused"])
-        lines.append(f"| {name} | {sorted(values)[len(values) // 2]:.1f} [{min(values):.1f} - {max(values):.1f}] | "
+        speed = _spread(values)
+        lines.append(f"| {name} | {speed['median']:.1f} [{speed['min']:.1f} - {speed['max']:.1f}] | "
                      f"{ratio['median']:.2f}x [{ratio['min']:.2f} - {ratio['max']:.2f}] |")
     lines += [f"| {name} | skipped: {why} | |" for name, why in skipped.items()]
     return lines

@@ -1,8 +1,10 @@
 import json
+import os
 import subprocess
 import sys
 
 import torch
+from PIL import Image
 
 from convnext.cli import main
 
@@ -72,9 +74,6 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
     Image.new("RGB", (40, 40)).save(tmp_path / "photo.png")
     cases = [
         (["train", "--lr", "-1"], "lr=-1.0: must be above 0"),
-        # more workers than cores: the lowered count is said only once the data is there
-        (["train", "--data", str(tmp_path / "nowhere"), "--workers", "64", "--output", str(tmp_path / "run")],
-         "data folder not found"),
         (["train", "--lr", "nan"], "lr=nan: must be above 0"),
         (["train", "--workers", "-1"], "workers=-1"),
         (["train", "--set", "epochs=true"], "epochs=True: expected a whole number"),
@@ -116,6 +115,24 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "img").iterdir()) == []  # no temporary file left behind
     with pytest.raises(SystemExit):
         main(["predict"])
+
+
+def test_a_missing_data_folder_is_the_only_thing_said(tmp_path, capsys, monkeypatch):
+    """More workers than cores: the lowered count is said once the data is found, not before its error."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    argv = ["train", "--data", str(tmp_path / "nowhere"), "--workers", "8", "--output", str(tmp_path / "run")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == f"convnext train: error: data folder not found: {tmp_path / 'nowhere'}"
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "nowhere" / "a").mkdir(parents=True)
+    (tmp_path / "nowhere" / "b").mkdir()
+    for name in ("a", "b"):
+        for i in range(4):
+            Image.new("RGB", (40, 40), (60 * i, 0, 0)).save(tmp_path / "nowhere" / name / f"{i}.png")
+    monkeypatch.setattr("convnext.engine.fit._periods", lambda run, net: None)  # the plan, not the training
+    assert main([*argv, "--batch-size", "2", "--model", "convnext_atto", "--res", "32", "--epochs", "1"]) == 0
+    assert "DataLoader workers 8 -> 2: no more than this process's CPU cores" in capsys.readouterr().out
 
 
 def test_a_terminal_without_unicode_gets_escapes_not_a_crash(tmp_path):

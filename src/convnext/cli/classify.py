@@ -79,7 +79,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
     add_device(p)
-    _add_dtype(p)
+    _add_dtype(p, also="; scored beside the float32 model, with how often and how far the two disagree")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_evaluate)
 
@@ -92,7 +92,7 @@ def _print_metrics(metrics: dict) -> None:
     top5 = f"top-5 {metrics['top5']:.2f}%   " if len(metrics["classes"]) > 5 else ""  # with <= 5 classes: 100%
     print(f"  top-1 {metrics['top1']:.2f}%   {top5}loss {metrics['loss']:.4f}")
     if "agreement" in metrics:  # a bf16 evaluation: what the cast cost, image by image
-        print(f"  {metrics['dtype']} against float32: {describe_agreement(metrics['agreement'])}")
+        print(f"  {metrics['dtype']} against fp32: {describe_agreement(metrics['agreement'])}")
     if metrics["skipped"]:
         print(f"  {metrics['skipped']} unreadable images left out")
     print("  per-class top-1:")
@@ -171,10 +171,10 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
 FLOAT_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 
 
-def _add_dtype(p: argparse.ArgumentParser) -> None:
+def _add_dtype(p: argparse.ArgumentParser, also: str = "") -> None:
     p.add_argument("--dtype", default="fp32", choices=list(FLOAT_DTYPES),
                    help="bf16: the fused model with its weights cast once to bf16, for CPUs with AMX/AVX-512-BF16 "
-                   "and GPUs (default fp32)")
+                   f"and GPUs{also} (default fp32)")
 
 
 def _predict(args: argparse.Namespace) -> int:

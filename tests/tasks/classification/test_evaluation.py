@@ -1,4 +1,8 @@
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -81,7 +85,7 @@ def test_bf16_evaluation_scores_the_cast_model_and_says_what_the_cast_cost(train
     data, run = trained
     fp32 = evaluate_checkpoint("convnext_atto", run / "last.pt", data)
     bf16 = evaluate_checkpoint("convnext_atto", run / "last.pt", data, dtype=torch.bfloat16)
-    assert "agreement" not in fp32 and fp32["dtype"] == "float32" and bf16["dtype"] == "bfloat16"
+    assert "agreement" not in fp32 and fp32["dtype"] == "fp32" and bf16["dtype"] == "bf16"
     agreement = bf16["agreement"]
     assert agreement["count"] == bf16["count"] == 9
     # the cast moves logits by bf16 rounding: a little, not nothing, and far less than their range
@@ -90,7 +94,9 @@ def test_bf16_evaluation_scores_the_cast_model_and_says_what_the_cast_cost(train
     assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--data", str(data), "--workers", "0",
                  "--dtype", "bf16"]) == 0
     text = capsys.readouterr().out
-    assert "bfloat16: 9 images" in text and "bfloat16 against float32: top-1 agreement" in text
+    assert "bf16: 9 images" in text and "bf16 against fp32: top-1 agreement" in text
+    with pytest.raises(UserError, match="float32 or bfloat16, not torch.float16"):
+        evaluate_checkpoint("convnext_atto", run / "last.pt", data, dtype=torch.float16)
 
 
 def test_agreement_by_hand():
@@ -98,7 +104,46 @@ def test_agreement_by_hand():
     agreement = Agreement(reference, torch.device("cpu"))
     images = torch.tensor([[3.0, 1.0], [0.0, -4.0]])
     agreement.add(images, torch.tensor([[2.5, 1.0], [0.0, 1.0]]))  # first keeps its class, second flips
-    assert agreement.result() == dict(top1_agreement=50.0, max_logit_diff=5.0, max_abs_logit=4.0, count=2)
+    expected = dict(top1_agreement=50.0, max_logit_diff=5.0, max_abs_logit=4.0, count=2)
+    assert agreement.result() == expected and agreement.result() == expected  # asking twice changes nothing
+
+
+AGREEMENT_ON_TWO_RANKS = """
+import os, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+from torch import nn
+from convnext.tasks.classification.evaluate import Agreement, evaluate
+
+class Same(nn.Module):
+    def forward(self, x):
+        return x
+
+def run(rank, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    agreement = Agreement(Same(), torch.device("cpu"))
+    agreement.add(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.5 + rank]]))  # rank 1's image flips
+    first, second = agreement.result(), agreement.result()
+    batches = [(torch.tensor([[2.0, 1.0]]), torch.tensor([0]))] if rank == 0 else []  # rank 1 scores nothing
+    metrics = evaluate(Same(), batches, 2, channels_last=False, reference=Same())
+    print(rank, first == second == dict(top1_agreement=50.0, max_logit_diff=1.5, max_abs_logit=1.0, count=2),
+          metrics["count"], metrics["agreement"]["count"], flush=True)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(run, args=(sys.argv[1],), nprocs=2)
+"""
+
+
+def test_agreement_sums_and_maxes_over_ranks(tmp_path):
+    script = tmp_path / "agreement.py"
+    script.write_text(AGREEMENT_ON_TWO_RANKS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    result = subprocess.run([sys.executable, str(script), port], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(result.stdout.split("\n")[:2]) == ["0 True 1 1", "1 True 1 1"]
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -19,7 +19,11 @@ from ...data.images import Digits, EvalImages, ImageFolder
 from ...errors import UserError, some
 from ...models.convnext import check_resolution
 from ...weights import data_config
+from ...weights.int8 import QuantizedModel
 from ..loading import load_model
+
+# The precisions a float model can be scored in, by the names the command line uses.
+PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16"}
 
 
 @torch.no_grad()
@@ -70,17 +74,21 @@ def evaluate(
         per_class[0].index_add_(0, labels, torch.ones_like(hits1))
         per_class[1].index_add_(0, labels, hits1)
         per_class[2].index_add_(0, labels, hits5)
+    model.train(was_training)
+    metrics = _summed_metrics(per_class, totals)
+    return metrics if agreement is None else dict(metrics, agreement=agreement.result())
+
+
+def _summed_metrics(per_class: torch.Tensor, totals: torch.Tensor) -> dict:
+    """`evaluate`'s metrics from its counts, summed over every rank when running distributed."""
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(per_class)
         dist.all_reduce(totals)
-    model.train(was_training)
     count = per_class[0].sum().item()
-    extra = {} if agreement is None else dict(agreement=agreement.result())
     if count == 0:
-        return dict(top1=0.0, top5=0.0, loss=float("nan"), per_class=[None] * num_classes, count=0,
-                    skipped=int(totals[1].item()), **extra)
+        return dict(top1=0.0, top5=0.0, loss=float("nan"), per_class=[None] * per_class.shape[1], count=0,
+                    skipped=int(totals[1].item()))
     return dict(
-        **extra,
         top1=100 * per_class[1].sum().item() / count,
         top5=100 * per_class[2].sum().item() / count,
         loss=totals[0].item() / count,
@@ -93,7 +101,8 @@ def evaluate(
 
 class Agreement:
     """How far a model's logits stray from a float ``reference`` model's on the same images: what casting to bf16
-    (or quantizing) costs, image by image, beyond what top-1 on the labels shows."""
+    (or quantizing) costs, image by image, beyond what top-1 on the labels shows. The reference is put in
+    eval mode (it is only ever run for inference here)."""
 
     def __init__(self, reference: nn.Module, device: torch.device):
         self.reference = reference.eval().to(device)
@@ -101,8 +110,11 @@ class Agreement:
         self.extremes = torch.zeros(2, dtype=torch.float64, device=device)  # max |difference|, max |reference|
         self.count = 0
 
+    @torch.no_grad()
     def add(self, images: torch.Tensor, logits: torch.Tensor) -> None:
+        """Run the reference on float ``images`` and compare with ``logits``, the other model's on them."""
         expected = self.reference(images).float()
+        logits = logits.float()
         self.same += (expected.argmax(1) == logits.argmax(1)).sum()
         self.extremes = torch.maximum(self.extremes, torch.stack([(expected - logits).abs().max(),
                                                                   expected.abs().max()]).double())
@@ -110,15 +122,17 @@ class Agreement:
 
     def result(self) -> dict:
         """``top1_agreement`` (percent of images), ``max_logit_diff``, ``max_abs_logit`` (the reference's, for
-        scale) and ``count``, over every rank's images when running distributed."""
-        count = torch.tensor(float(self.count), dtype=torch.float64, device=self.same.device)
+        scale) and ``count``, over every rank's images when running distributed (copies are reduced, so asking
+        twice gives the same answer)."""
+        same, extremes = self.same.clone(), self.extremes.clone()
+        count = torch.tensor(float(self.count), dtype=torch.float64, device=same.device)
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.same)
+            dist.all_reduce(same)
             dist.all_reduce(count)
-            dist.all_reduce(self.extremes, op=dist.ReduceOp.MAX)
+            dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
         n = int(count.item())
-        return dict(top1_agreement=100 * self.same.item() / n if n else 0.0, max_logit_diff=self.extremes[0].item(),
-                    max_abs_logit=self.extremes[1].item(), count=n)
+        return dict(top1_agreement=100 * same.item() / n if n else 0.0, max_logit_diff=extremes[0].item(),
+                    max_abs_logit=extremes[1].item(), count=n)
 
 
 def evaluate_checkpoint(model_name: str | None, checkpoint: str | os.PathLike,
@@ -146,6 +160,8 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike | None = None, *, r
     or the held-out digits, after checking that the data's classes are the model's. With another ``dtype``
     (bf16) the scored model is the fused one cast to it, and its ``agreement`` with the float model is
     measured on the same images."""
+    if dtype not in PRECISIONS:
+        raise UserError(f"evaluation runs in float32 or bfloat16, not {dtype}")
     if data is None:
         source = Digits("val")
     else:
@@ -169,8 +185,9 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike | None = None, *, r
     if dtype != torch.float32:
         reference, model = model, model.fuse_for_inference(dtype)
     metrics = evaluate(model.to(device), loader, len(classes), device=device, reference=reference)
+    precision = "int8" if isinstance(model, QuantizedModel) else PRECISIONS[dtype]  # an INT8 file runs as made
     return dict(metrics, classes=classes, model=model.model_name, res=config["input_size"][-1],
-                crop_pct=config["crop_pct"], dtype=str(dtype).removeprefix("torch."))
+                crop_pct=config["crop_pct"], dtype=precision)
 
 
 def describe_agreement(agreement: dict) -> str:
