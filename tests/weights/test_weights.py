@@ -398,3 +398,24 @@ def test_a_file_that_is_no_checkpoint_is_named_without_unsafe_advice(tmp_path):
     with pytest.raises(UserError, match="not a PyTorch checkpoint of tensors, or a damaged one") as err:
         read_checkpoint_file(junk)
     assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("code,words", [(28, "is full"), (30, "the file system is read-only")])
+def test_a_failed_safetensors_write_is_one_line_and_leaves_the_old_file(tmp_path, monkeypatch, code, words):
+    from safetensors import SafetensorError
+
+    import convnext.weights as weights
+
+    path = save_weights({"a": torch.zeros(2)}, tmp_path / "w.safetensors")
+    before = path.read_bytes()
+
+    def failing(tensors, target, metadata=None):
+        raise SafetensorError(f"Error while serializing: I/O error: the writer's words (os error {code})")
+
+    monkeypatch.setattr(weights, "save_file", failing)
+    with pytest.raises(UserError, match=words):
+        save_weights({"a": torch.ones(2)}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]
+    monkeypatch.setattr(weights, "save_file", lambda *a, **k: (_ for _ in ()).throw(SafetensorError("bad dtype")))
+    with pytest.raises(SafetensorError):  # not an I/O failure: not ours to word
+        save_weights({"a": torch.ones(2)}, path)

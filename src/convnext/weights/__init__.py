@@ -521,7 +521,19 @@ def save_weights(model: nn.Module | Mapping[str, torch.Tensor], path: str | os.P
     """Write weights (official key names) as safetensors, atomically: a temporary file, then a rename."""
     state_dict = model.state_dict() if isinstance(model, nn.Module) else model
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=dict(metadata or {})))
+    return atomic_write(path, lambda tmp: _save_file(tensors, tmp, dict(metadata or {})))
+
+
+def _save_file(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' writer, its I/O failures raised as the `OSError` they are (its Rust error carries only the
+    code, in words), so that a full disk or a read-only folder is worded like every other writer's."""
+    try:
+        save_file(tensors, path, metadata=metadata)
+    except SafetensorError as err:
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), str(err)) from None
 
 
 def metadata_json(metadata: dict[str, str], key: str, path: str | os.PathLike, default=None):
