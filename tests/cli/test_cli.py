@@ -74,6 +74,11 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
     Image.new("RGB", (40, 40)).save(tmp_path / "photo.png")
     cases = [
         (["train", "--lr", "-1"], "lr=-1.0: must be above 0"),
+        (["train", "--output", str(tmp_path / "photo.png")], "a file of that name is in the way"),
+        (["train", "--data", str(tmp_path), "--output", str(tmp_path / "img" / "run")],
+         "is inside --data"),
+        (["predict", str(tmp_path / "photo.png"), "--model", "convnext_atto", "--batch-size", "0"],
+         "--batch-size must be at least 1, got 0"),
         (["train", "--lr", "nan"], "lr=nan: must be above 0"),
         (["train", "--workers", "-1"], "workers=-1"),
         (["train", "--set", "epochs=true"], "epochs=True: expected a whole number"),
@@ -107,6 +112,10 @@ def test_bad_inputs_are_one_line_and_exit_2(tmp_path, capsys):
          "a weights file goes to --checkpoint"),
         (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "onnx", "--out",
           str(tmp_path / "x.onnx"), "--opset", "999"], "--opset must be from 18"),
+        (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "onnx", "--out",
+          str(tmp_path / "x.pt2")], "the name says pt2, but --format onnx writes onnx; name it x.onnx"),
+        (["export", "--checkpoint", str(weights), "--model", "convnext_atto", "--format", "torchscript", "--out",
+          str(tmp_path / "x.onnx")], "the name says onnx, but --format torchscript writes torchscript; name it x.pt"),
     ]
     for argv, message in cases:
         assert main(argv) == 2, argv
@@ -187,7 +196,7 @@ def test_one_device_parser():
 
 def test_runs_refuse_devices_they_cannot_run_on_before_making_a_folder(tmp_path, capsys):
     folder = tmp_path / "run"
-    assert main(["train", "--data", str(tmp_path), "--device", "meta", "--output", str(folder)]) == 2
+    assert main(["train", "--data", str(tmp_path / "data"), "--device", "meta", "--output", str(folder)]) == 2
     assert "runs use cpu or cuda" in capsys.readouterr().err and not folder.exists()
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Commands, add_device, add_output, add_settings, add_weights, parse_device
+from .common import Commands, add_device, add_output, add_settings, add_weights, parse_device, workers_within_cores
 
 DEMO_TARGET = 97.0
 
@@ -105,8 +105,9 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from ..tasks.classification.evaluate import evaluate_checkpoint
 
+    workers = workers_within_cores(args.workers)  # a negative count passes through, to be refused in one line
     metrics = evaluate_checkpoint(args.model, args.checkpoint, args.data, ema=args.ema, res=args.res,
-                                  batch_size=args.batch_size, workers=args.workers,
+                                  batch_size=args.batch_size, workers=workers,
                                   device=parse_device(args.device), dtype=getattr(torch, FLOAT_DTYPES[args.dtype]))
     if args.json:
         print(json.dumps(metrics, indent=2))
@@ -182,8 +183,9 @@ def _predict(args: argparse.Namespace) -> int:
     from ..tasks.loading import load_model
     from ..weights.int8 import QuantizedModel
 
-    if (args.topk is not None and args.topk < 1) or args.batch_size < 1:
-        raise UserError(f"--topk and --batch-size must be at least 1, got {args.topk} and {args.batch_size}")
+    for flag, value in (("--topk", args.topk), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
     files = find_images(args.inputs)
     device = parse_device(args.device)
     import torch

@@ -171,6 +171,17 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(previous)
 
 
+def workers_within_cores(requested: int) -> int:
+    """``--workers`` no more than this process's CPU cores, said on stderr when lowered (stdout may be JSON), as
+    training says it."""
+    from ..engine.runtime import capped_workers
+
+    workers, note = capped_workers(requested)
+    if note:
+        print(note, file=sys.stderr)
+    return workers
+
+
 def comma_list(text: str, flag: str) -> list[str]:
     """The non-empty items of a comma-separated flag value; one line when there is none (``--model ,``)."""
     items = [item.strip() for item in text.split(",") if item.strip()]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .common import Commands, add_device, add_output, comma_list, parse_device
+from .common import Commands, add_device, add_output, comma_list, parse_device, workers_within_cores
 
 
 def add_parser(sub: Commands) -> None:
@@ -114,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                         f"{args.workers}")
     if not 0 <= args.seed < 2**32:
         raise UserError(f"--seed must be from 0 to 2**32 - 1, got {args.seed}")
+    args.workers = workers_within_cores(args.workers)
     if args.plot:
         from ..plots import check_figure_name
 

@@ -40,6 +40,7 @@ from ..weights import data_config, save_weights
 from ..weights.int8 import QuantizedModel
 
 FORMATS = ("onnx", "torchscript", "pt2", "safetensors")
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}  # what readers tell these formats by
 ONNX_OPSET = 18
 MIN_ONNX_OPSET = 18  # LayerNormalization is in 17, but torch's exporter writes 18 at the least
 TOLERANCE = 1e-4  # max abs difference of float32 logits accepted from an exported model
@@ -299,6 +300,10 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, res: in
         raise UserError("--layer-norms channels rewrites the fused model's LayerNorms: leave out --no-fuse")
     if fmt == "safetensors" and Path(path).suffix != ".safetensors":  # loaders tell the format by the suffix
         raise UserError(f"--out {path}: a safetensors file must end in .safetensors")
+    claimed = next((other for other, suffix in SUFFIXES.items() if suffix == Path(path).suffix and other != fmt), None)
+    if claimed:  # e.g. ONNX written into model.pt2, which every reader would then take for a pt2 program
+        raise UserError(f"--out {path}: the name says {claimed}, but --format {fmt} writes {fmt}; name it "
+                        f"{Path(path).stem}{SUFFIXES.get(fmt, '.pt')}")
     if isinstance(model, QuantizedModel):
         raise UserError(f"{model_name(model)} is an INT8 model (OpenVINO IR), already a deployable file: export "
                         "the float checkpoint it was made from")

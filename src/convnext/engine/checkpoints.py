@@ -48,6 +48,9 @@ class RunLock:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except FileExistsError:  # a file where the run's folder would be
+            raise UserError(f"cannot use {self.folder} as the run's folder: a file of that name is in the way; "
+                            "give another --output") from None
         except OSError as err:
             raise write_problem(self.path, err) or UserError(f"cannot use {self.folder}: {err}") from None
         try:

@@ -94,9 +94,12 @@ class RunConfig:
         "save_every_steps": NON_NEGATIVE,
     }
     CHOICES: ClassVar[dict[str, Sequence[str]]] = {}
-    # Settings a resumed run may change: each is applied as given (e.g. more epochs stretch the schedule).
+    # Settings a resumed run may change: each is applied as given (e.g. more epochs stretch the schedule); not
+    # given, the run keeps its own value.
     FREE_ON_RESUME: ClassVar[tuple[str, ...]] = ("workers", "device", "output", "tensorboard", "save_every",
                                                  "save_every_steps", "given")
+    # Of those, what describes this command rather than the run: never carried over.
+    NEW_EACH_COMMAND: ClassVar[tuple[str, ...]] = ("device", "output", "given")
     # Keys of model_args that come from the run's own settings instead.
     RESERVED_MODEL_ARGS: ClassVar[tuple[str, ...]] = ("num_classes", "drop_path_rate")
 
@@ -311,15 +314,19 @@ def keep_run_settings(saved: Mapping, config: RunConfig) -> list[str]:
     stored value (a recipe value fitted to the run, e.g. a warm-up derived from the epoch count, stays as the
     run started when ``--epochs`` changes), or the field's default for a setting the run predates (so a recipe
     gaining a setting still resumes the runs it started before). Fitting (`apply_fits`) then leaves those
-    alone. Changes ``config``; one line per setting so kept. Settings free on resume are not touched."""
+    alone. Changes ``config``; one line per setting so kept. Settings free on resume keep the run's value too
+    unless given (a rerun without ``--epochs`` or ``--data`` must not take another recipe's epochs or workers),
+    except those describing the command itself (``NEW_EACH_COMMAND``)."""
     stored, fresh = type(config).from_dict(saved), type(config)()
     kept, notes = set(), []
     for item in dataclasses.fields(config):
         key = item.name
-        if key in config.given or key in config.FREE_ON_RESUME:
+        if key in config.given or key in config.NEW_EACH_COMMAND:
             continue
         if key in saved:
             value, why = getattr(stored, key), "as this run started"
+        elif key in config.FREE_ON_RESUME:
+            continue
         elif getattr(fresh, key) is not None:
             value, why = getattr(fresh, key), "as when this run started (it predates the setting)"
         else:  # a default filled from other settings (`RunConfig.complete`): compared by `config_changes`

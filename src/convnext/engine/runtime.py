@@ -81,18 +81,18 @@ def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def usable_workers(requested: int, processes_per_machine: int = 1) -> int:
-    """DataLoader workers capped at this process's share of the CPU cores it may run on."""
+def capped_workers(requested: int) -> tuple[int, str | None]:
+    """``requested`` DataLoader workers, no more than this process's share of the CPU cores it may run on (the
+    cores over torchrun's processes on this machine), and the line that says so when they were lowered."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return min(requested, max(1, cores // processes_per_machine))
+    workers = min(requested, max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if workers >= requested:
+        return requested, None
+    return workers, f"DataLoader workers {requested} -> {workers}: no more than this process's CPU cores"
 
 
 def cap_workers(config) -> str | None:
-    """Lower ``config.workers`` to this process's share of the CPU cores; returns the line that says so, for
-    the caller to say once the run's data is known to be there, or None."""
-    workers = usable_workers(config.workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    if workers >= config.workers:
-        return None
-    note = f"DataLoader workers {config.workers} -> {workers}: no more than this process's CPU cores"
-    config.workers = workers
+    """Lower ``config.workers`` as `capped_workers` does; returns its line, for the caller to say once the
+    run's data is known to be there, or None."""
+    config.workers, note = capped_workers(config.workers)
     return note

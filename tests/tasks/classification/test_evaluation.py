@@ -81,6 +81,16 @@ def test_cli_evaluate_json_and_text(trained, capsys):
     assert "top-5" not in text  # always 100% with 3 classes
 
 
+def test_evaluate_keeps_its_workers_within_the_cores_and_says_so(trained, capsys, monkeypatch):
+    data, run = trained
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--data", str(data), "--workers", "64",
+                 "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["count"] == 9
+    assert err.strip() == "DataLoader workers 64 -> 1: no more than this process's CPU cores"
+
+
 def test_bf16_evaluation_scores_the_cast_model_and_says_what_the_cast_cost(trained, capsys):
     data, run = trained
     fp32 = evaluate_checkpoint("convnext_atto", run / "last.pt", data)
@@ -117,7 +127,7 @@ class Same(nn.Module):
     def forward(self, x):
         return x
 
-def run(rank, port):
+def run(rank, port, folder):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     agreement = Agreement(Same(), torch.device("cpu"))
@@ -125,12 +135,13 @@ def run(rank, port):
     first, second = agreement.result(), agreement.result()
     batches = [(torch.tensor([[2.0, 1.0]]), torch.tensor([0]))] if rank == 0 else []  # rank 1 scores nothing
     metrics = evaluate(Same(), batches, 2, channels_last=False, reference=Same())
-    print(rank, first == second == dict(top1_agreement=50.0, max_logit_diff=1.5, max_abs_logit=1.0, count=2),
-          metrics["count"], metrics["agreement"]["count"], flush=True)
+    same = first == second == dict(top1_agreement=50.0, max_logit_diff=1.5, max_abs_logit=1.0, count=2)
+    with open(os.path.join(folder, f"{rank}.txt"), "w") as f:  # one file per rank: stdout would interleave
+        f.write(f"{same} {metrics['count']} {metrics['agreement']['count']}")
     dist.destroy_process_group()
 
 if __name__ == "__main__":
-    mp.spawn(run, args=(sys.argv[1],), nprocs=2)
+    mp.spawn(run, args=(sys.argv[1], sys.argv[2]), nprocs=2)
 """
 
 
@@ -140,10 +151,10 @@ def test_agreement_sums_and_maxes_over_ranks(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    result = subprocess.run([sys.executable, str(script), port], capture_output=True, text=True, timeout=120,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    result = subprocess.run([sys.executable, str(script), port, str(tmp_path)], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(result.stdout.split("\n")[:2]) == ["0 True 1 1", "1 True 1 1"]
+    assert [(tmp_path / f"{rank}.txt").read_text() for rank in (0, 1)] == ["True 1 1", "True 1 1"]
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -180,5 +191,7 @@ def test_other_class_folders_are_named(trained, tmp_path):
     for name in ("a", "b", "zebra"):
         (tmp_path / name).mkdir()
         Image.fromarray(np.zeros((34, 34, 3), dtype=np.uint8)).save(tmp_path / name / "0.png")
-    with pytest.raises(UserError, match=r"missing \[c\], extra \[zebra\]"):
+    with pytest.raises(UserError, match=r"missing \[c\], extra \[zebra\]$"):
         evaluate_checkpoint(None, run / "best.pt", tmp_path)
+    with pytest.raises(UserError, match=r"without --data the built-in digits are scored: pass --data DIR$"):
+        evaluate_checkpoint(None, run / "best.pt")

@@ -348,3 +348,20 @@ def test_a_run_without_validation_says_where_its_model_is(tmp_path):
     train(config(tmp_path, "epochs=1", "batch_size=8", data=str(data)), log=logs.append)
     assert logs[-1].startswith("done: no validation set, so no best.pt; the trained model is")
     assert (tmp_path / "run" / "last.pt").is_file() and not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_a_rerun_without_the_flags_it_started_with_goes_on_as_the_run_started(tmp_path, capsys):
+    """A rerun without --data or --epochs resolves another recipe's defaults (the digits' demo: 12 epochs, no
+    workers); settings free on resume still keep the run's own values unless given again."""
+    from convnext.cli import main
+
+    data, out = make_folder(tmp_path / "data", per_class=4), str(tmp_path / "run")
+    assert main(["train", "--data", str(data), "--recipe", "demo", "--set", TINY, "--epochs", "1",
+                 "--batch-size", "8", "--workers", "1", "--output", out]) == 0
+    capsys.readouterr()
+    assert main(["train", "--output", out]) == 0
+    said = capsys.readouterr().out
+    assert "resume: epochs=1: kept as this run started" in said and "workers=1: kept as this run started" in said
+    assert "already holds a finished" in said
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["workers"] == 1 and saved["data"] == str(data)

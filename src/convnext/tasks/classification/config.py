@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from ...engine.config import (
@@ -114,6 +115,9 @@ class TrainConfig(RunConfig):
             raise UserError(f"setting model_args in_chans={self.model_args['in_chans']!r}: training reads images as "
                             "RGB, 3 channels (a grayscale image is repeated to 3)")
         check_model_builds(self.model, self.model_args)
+        if self.data and self.output and Path(self.output).resolve().is_relative_to(Path(self.data).resolve()):
+            raise UserError(f"--output {self.output} is inside --data {self.data}, where every folder is a class: "
+                            "the run's checkpoints and plots would be read as images; choose a folder outside it")
 
 
 # Stochastic depth per model, paper Tables 5 and 6 / TRAINING.md.

@@ -172,8 +172,9 @@ def evaluate_model(model: nn.Module, data: str | os.PathLike | None = None, *, r
     if trained is not None and list(trained) != classes:
         missing, extra = sorted(set(trained) - set(classes)), sorted(set(classes) - set(trained))
         what = f"missing [{some(missing)}], extra [{some(extra)}]" if missing or extra else "in another order"
+        hint = "; without --data the built-in digits are scored: pass --data DIR" if data is None else ""
         raise UserError(f"the data's class folders differ from the {len(trained)} classes the checkpoint was "
-                        f"trained on: {what}")
+                        f"trained on: {what}{hint}")
     if model.num_classes != len(classes):
         raise UserError(f"the checkpoint's head has {model.num_classes} classes, the data {len(classes)}")
     config = {k: v for k, v in model.pretrained_cfg.items() if k != "label_names"}
