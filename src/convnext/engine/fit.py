@@ -62,13 +62,14 @@ def build_state(task: Task, rt: Runtime, *, fresh: bool, say: Say) -> tuple[RunS
 
 def _fit(task: Task, rt: Runtime, folder: CheckpointManager, resume: bool, say: Say) -> dict:
     config = task.config
-    workers_note = cap_workers(config)
     saved = folder.resume_state() if resume else None
     if saved is None:
+        workers_note = cap_workers(config)
         schedule = task.prepare(rt, say)
     else:  # what the run would do is said once it may resume: a refused resume says only why
         check_same_task(saved, folder.last, config)
         lines = [f"resume: {note}" for note in keep_run_settings(saved["config"], config)]
+        workers_note = cap_workers(config)  # the run's own count too: this machine's cores decide
         schedule = task.prepare(rt, lines.append)
         check_resumable(saved, folder.last, config, task.classes)
         for line in lines:
